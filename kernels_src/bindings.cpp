@@ -1,0 +1,26 @@
+// The one bindings file: op schemas and CUDA implementations for every JIT module.
+//
+// Each module compiles this file with -DMOEJIT_MODULE_<NAME>, so it registers only its own ops. Modules are separate
+// shared libraries that add to the same `moejit` namespace, hence TORCH_LIBRARY_FRAGMENT (a plain TORCH_LIBRARY may
+// appear once per namespace in a process). No pybind11: the libraries do not depend on the Python version.
+// Fake (meta) implementations live in Python, in moejit/registry.py.
+
+#include <torch/library.h>
+
+#include "ops.h"
+
+#if defined(MOEJIT_MODULE_COMMON)
+TORCH_LIBRARY_FRAGMENT(moejit, m) {
+  m.def("silu_and_mul(Tensor input) -> Tensor");
+  m.def("moe_permute(Tensor hidden, Tensor topk_ids, int num_experts)"
+        " -> (Tensor rows, Tensor expert_offsets, Tensor sort_idx, Tensor inv_idx)");
+  m.def("moe_unpermute(Tensor rows, Tensor topk_weights, Tensor inv_idx) -> Tensor");
+  m.def("moe_problem_sizes(Tensor expert_offsets, int n, int k, bool swap_ab=False) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
+  m.impl("silu_and_mul", &moejit::silu_and_mul);
+  m.impl("moe_permute", &moejit::moe_permute);
+  m.impl("moe_unpermute", &moejit::moe_unpermute);
+  m.impl("moe_problem_sizes", &moejit::moe_problem_sizes);
+}
+#endif

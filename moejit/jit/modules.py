@@ -1,0 +1,90 @@
+"""The JIT module table: the one list of compiled modules, their sources and the archs they build for.
+
+Each module is a shared library of ``TORCH_LIBRARY_FRAGMENT(moejit, m)`` ops (no pybind11, so it does not depend on
+the Python version), built only when one of its ops is first used. Its sources are compiled as separate translation
+units so ninja builds them in parallel; ``kernels_src/bindings.cpp`` is compiled into every module with
+``-DMOEJIT_MODULE_<NAME>`` selecting that module's op registrations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from moejit.jit.arch import arch_number, normalize_arch
+
+COMMON_NVCC_FLAGS = (
+    "-O3",
+    "-std=c++17",
+    "-DNDEBUG",
+    "-lineinfo",
+    "--expt-relaxed-constexpr",
+    "--expt-extended-lambda",
+    # torch's defaults hide the half/bf16 operators that CUTLASS and our kernels use.
+    "-U__CUDA_NO_HALF_OPERATORS__",
+    "-U__CUDA_NO_HALF_CONVERSIONS__",
+    "-U__CUDA_NO_BFLOAT16_OPERATORS__",
+    "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-U__CUDA_NO_HALF2_OPERATORS__",
+    "-Xcompiler=-fno-strict-aliasing",
+)
+COMMON_CXX_FLAGS = ("-O3", "-std=c++17", "-DNDEBUG")
+CUTLASS_NVCC_FLAGS = (
+    "-DCUTLASS_ENABLE_TENSOR_CORE_MMA=1",
+    "-DCUTE_USE_PACKED_TUPLE=1",
+    "-DCUTLASS_VERSIONS_GENERATED",
+    "--ftemplate-backtrace-limit=0",
+)
+
+
+@dataclass(frozen=True)
+class JitModule:
+    """One compiled module. ``sources`` are paths relative to ``kernels_src/`` (bindings.cpp is implicit)."""
+
+    name: str
+    description: str
+    sources: tuple[str, ...]
+    needs_cutlass: bool = False
+    # Archs the module is built for: any arch >= min_arch, or exactly those in only_archs when given.
+    min_arch: int = 80
+    only_archs: tuple[str, ...] = ()
+    extra_nvcc_flags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def define(self) -> str:
+        return f"-DMOEJIT_MODULE_{self.name.upper()}"
+
+    def supports(self, arch: str) -> bool:
+        arch = normalize_arch(arch)
+        if self.only_archs:
+            return arch in self.only_archs
+        return arch_number(arch) >= self.min_arch
+
+    def nvcc_flags(self, arch: str, gencode: list[str]) -> list[str]:
+        flags = list(COMMON_NVCC_FLAGS) + gencode + [self.define]
+        if self.needs_cutlass:
+            flags += list(CUTLASS_NVCC_FLAGS)
+        return flags + list(self.extra_nvcc_flags)
+
+    def cxx_flags(self) -> list[str]:
+        return list(COMMON_CXX_FLAGS) + [self.define]
+
+
+MODULES: dict[str, JitModule] = {
+    m.name: m
+    for m in (
+        JitModule(
+            name="common",
+            description="activation, permute/unpermute (CUB), MoE problem sizes",
+            sources=("activation.cu", "permute.cu"),
+        ),
+    )
+}
+
+
+def get_module(name: str) -> JitModule:
+    from moejit.errors import MoejitError
+
+    try:
+        return MODULES[name]
+    except KeyError:
+        raise MoejitError(f"unknown moejit module {name!r}; known: {', '.join(MODULES)}") from None

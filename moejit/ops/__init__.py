@@ -1,0 +1,9 @@
+"""The public op surface of moejit: validated wrappers over ``torch.ops.moejit.*`` and the Triton kernels.
+
+Importing this module compiles nothing; the first call of an op builds (once per machine) or loads the JIT module
+that holds it. Every op is CUDA-graph capturable and has a fake implementation for torch.compile.
+"""
+
+from moejit.ops.common import moe_permute, moe_problem_sizes, moe_unpermute, silu_and_mul
+
+__all__ = ["moe_permute", "moe_problem_sizes", "moe_unpermute", "silu_and_mul"]

@@ -1,0 +1,102 @@
+"""Ops of the ``common`` JIT module: gated activation, MoE permute/unpermute and grouped-GEMM problem sizes."""
+
+from __future__ import annotations
+
+import torch
+
+from moejit import registry
+from moejit.errors import MoejitInputError
+from moejit.ops._validate import FLOAT16_TYPES, check_same_device, check_tensor
+
+_ID_TYPES = (torch.int32, torch.int64)
+_WEIGHT_TYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@registry.define("silu_and_mul", module="common")
+def _silu_and_mul_fake(x):
+    return x.new_empty((x.shape[0], x.shape[1] // 2))
+
+
+@registry.define("moe_permute", module="common")
+def _moe_permute_fake(hidden, topk_ids, num_experts):
+    n = topk_ids.shape[0] * topk_ids.shape[1]
+    i32 = dict(dtype=torch.int32, device=hidden.device)
+    return (hidden.new_empty((n, hidden.shape[1])), torch.empty((num_experts + 1,), **i32),
+            torch.empty((n,), **i32), torch.empty((n,), **i32))
+
+
+@registry.define("moe_unpermute", module="common")
+def _moe_unpermute_fake(rows, topk_weights, inv_idx):
+    return rows.new_empty((topk_weights.shape[0], rows.shape[1]))
+
+
+@registry.define("moe_problem_sizes", module="common")
+def _moe_problem_sizes_fake(expert_offsets, n, k, swap_ab=False):
+    return expert_offsets.new_empty((expert_offsets.shape[0] - 1, 3))
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """SwiGLU gate: ``x [T, 2N]`` (bf16/fp16, contiguous) → ``silu(x[:, :N]) * x[:, N:]`` of shape ``[T, N]``.
+
+    Computed in float32, rounded once to the input dtype.
+    """
+    check_tensor("x", x, dtypes=FLOAT16_TYPES, ndim=2, contiguous=True)
+    if x.shape[1] % 2:
+        raise MoejitInputError(f"x's last dimension must be even (gate ‖ up), got {x.shape[1]}")
+    return registry.op("silu_and_mul")(x)
+
+
+def moe_permute(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts: int):
+    """Group the (token, slot) pairs by expert.
+
+    Args:
+        hidden: ``[M, K]`` rows to expand (any dtype, contiguous).
+        topk_ids: ``[M, topk]`` int32/int64 expert of each slot. Ids outside ``[0, num_experts)`` mark dropped
+            slots (e.g. experts owned by another rank): they get no row in any expert and contribute nothing in
+            :func:`moe_unpermute`.
+        num_experts: E.
+
+    Returns:
+        ``(rows [M*topk, K], expert_offsets int32 [E+1], sort_idx int32 [M*topk], inv_idx int32 [M*topk])``:
+        ``rows[p] = hidden[sort_idx[p] // topk]``; expert e owns rows ``expert_offsets[e]:expert_offsets[e+1]``;
+        ``inv_idx[m*topk+j]`` is the row of slot (m, j), or -1 if dropped. The sort is stable (CUB radix sort),
+        so within an expert rows keep token order. Nothing synchronizes with the host.
+    """
+    check_tensor("hidden", hidden, ndim=2, contiguous=True)
+    check_tensor("topk_ids", topk_ids, dtypes=_ID_TYPES, ndim=2, contiguous=True)
+    check_same_device(hidden=hidden, topk_ids=topk_ids)
+    if topk_ids.shape[0] != hidden.shape[0]:
+        raise MoejitInputError(f"topk_ids has {topk_ids.shape[0]} rows but hidden has {hidden.shape[0]}")
+    if not isinstance(num_experts, int) or num_experts <= 0:
+        raise MoejitInputError(f"num_experts must be a positive int, got {num_experts!r}")
+    return registry.op("moe_permute")(hidden, topk_ids, num_experts)
+
+
+def moe_unpermute(rows: torch.Tensor, topk_weights: torch.Tensor, inv_idx: torch.Tensor) -> torch.Tensor:
+    """Weighted reduce back to token order: ``out[m] = Σ_j topk_weights[m, j] · rows[inv_idx[m*topk + j]]``.
+
+    ``rows`` is bf16/fp16 ``[>= M*topk, K]``; slots with ``inv_idx == -1`` are skipped. Accumulates in float32.
+    """
+    check_tensor("rows", rows, dtypes=FLOAT16_TYPES, ndim=2, contiguous=True)
+    check_tensor("topk_weights", topk_weights, dtypes=_WEIGHT_TYPES, ndim=2)
+    check_tensor("inv_idx", inv_idx, dtypes=(torch.int32,), ndim=1, contiguous=True)
+    check_same_device(rows=rows, topk_weights=topk_weights, inv_idx=inv_idx)
+    if inv_idx.numel() != topk_weights.numel():
+        raise MoejitInputError(f"inv_idx has {inv_idx.numel()} entries, expected M*topk = {topk_weights.numel()}")
+    if rows.shape[0] < topk_weights.numel():
+        raise MoejitInputError(f"rows has {rows.shape[0]} rows, fewer than M*topk = {topk_weights.numel()}")
+    return registry.op("moe_unpermute")(rows, topk_weights, inv_idx)
+
+
+def moe_problem_sizes(expert_offsets: torch.Tensor, n: int, k: int, swap_ab: bool = False) -> torch.Tensor:
+    """Per-expert GEMM problem sizes ``[E, 3]`` int32 from ``expert_offsets [E+1]``, computed on the device.
+
+    Row e is ``(m_e, n, k)`` with ``m_e = expert_offsets[e+1] - expert_offsets[e]``, or ``(n, m_e, k)`` when
+    ``swap_ab`` (the transposed problem Bᵀ·Aᵀ that decode-sized grouped GEMMs use).
+    """
+    check_tensor("expert_offsets", expert_offsets, dtypes=(torch.int32,), ndim=1, contiguous=True)
+    if expert_offsets.numel() < 2:
+        raise MoejitInputError("expert_offsets must have E + 1 >= 2 entries")
+    if n <= 0 or k <= 0:
+        raise MoejitInputError(f"n and k must be positive, got n={n}, k={k}")
+    return registry.op("moe_problem_sizes")(expert_offsets, int(n), int(k), bool(swap_ab))

@@ -1,0 +1,167 @@
+"""The JIT's cache keys, module table, lock and error paths (no GPU needed)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from moejit import jit
+from moejit.errors import MoejitBuildError, MoejitError
+from moejit.jit import builder as jit_build
+from moejit.jit.lock import file_lock
+
+REPO = Path(__file__).resolve().parent.parent
+HAS_CUDA_TORCH = torch.version.cuda is not None and shutil.which("nvcc") is not None
+
+
+@pytest.fixture
+def src_copy(tmp_path, monkeypatch):
+    """A private copy of kernels_src so tests can change bytes, and a private cache dir."""
+    src = tmp_path / "kernels_src"
+    shutil.copytree(REPO / "kernels_src", src)
+    monkeypatch.setenv("MOEJIT_KERNELS_SRC", str(src))
+    monkeypatch.setenv("MOEJIT_CACHE_DIR", str(tmp_path / "cache"))
+    jit_build._tree_hash_cache.clear()
+    yield src
+    jit_build._tree_hash_cache.clear()
+
+
+def test_module_table_sources_exist():
+    src = jit.kernels_src_dir()
+    for module in jit.MODULES.values():
+        for source in module.sources:
+            assert (src / source).is_file(), f"{module.name}: {source} missing"
+        assert module.define.startswith("-DMOEJIT_MODULE_")
+        assert f"defined({module.define[2:]})" in (src / "bindings.cpp").read_text(), module.name
+
+
+def test_key_is_stable_and_content_addressed(src_copy):
+    first = jit.plan("common", "90a")
+    assert jit.plan("common", "90a").key == first.key
+    assert jit.plan("common", "80").key != first.key
+    # One byte in a source → a new key.
+    path = src_copy / "activation.cu"
+    path.write_bytes(path.read_bytes() + b" ")
+    jit_build._tree_hash_cache.clear()
+    changed = jit.plan("common", "90a")
+    assert changed.key != first.key
+    # A header byte too.
+    header = src_copy / "common.h"
+    header.write_bytes(header.read_bytes() + b"\n")
+    jit_build._tree_hash_cache.clear()
+    assert jit.plan("common", "90a").key not in (first.key, changed.key)
+
+
+def test_mtime_alone_does_not_change_key(src_copy):
+    first = jit.plan("common", "90a").key
+    path = src_copy / "permute.cu"
+    os.utime(path, (time.time() + 100, time.time() + 100))
+    jit_build._tree_hash_cache.clear()
+    assert jit.plan("common", "90a").key == first
+
+
+def test_cache_dir_layout(src_copy, tmp_path):
+    p = jit.plan("common", "sm_80")
+    assert p.out_dir == tmp_path / "cache" / "common" / "sm_80" / p.key
+    assert p.library.name == "moejit_common.so"
+    assert not p.is_built()
+
+
+def test_manifest_records_versions(src_copy):
+    manifest = jit.plan("common", "90a").manifest
+    assert manifest["torch"] == torch.__version__
+    assert "-gencode=arch=compute_90a,code=sm_90a" in manifest["nvcc_flags"]
+    assert "-DMOEJIT_MODULE_COMMON" in manifest["nvcc_flags"]
+
+
+def test_unknown_module_and_unsupported_arch():
+    with pytest.raises(MoejitError, match="unknown moejit module"):
+        jit.plan("nope", "90a")
+    with pytest.raises(MoejitError):
+        jit.plan("common", "75")
+
+
+def test_disable_jit_says_to_run_build(src_copy, monkeypatch):
+    monkeypatch.setenv("MOEJIT_DISABLE_JIT", "1")
+    with pytest.raises(MoejitError, match="moejit build --arch 90a --module common"):
+        jit.build("common", "90a")
+
+
+def test_cutlass_resolution_env_override(tmp_path, monkeypatch):
+    include = tmp_path / "cl" / "include" / "cutlass"
+    include.mkdir(parents=True)
+    (include / "cutlass.h").write_text("")
+    (include / "version.h").write_text("#define CUTLASS_MAJOR 9\n#define CUTLASS_MINOR 8\n#define CUTLASS_PATCH 7\n")
+    monkeypatch.setenv("MOEJIT_CUTLASS_DIR", str(tmp_path / "cl"))
+    found = jit.find_cutlass()
+    assert found.source == "MOEJIT_CUTLASS_DIR" and found.version == "9.8.7"
+    monkeypatch.setenv("MOEJIT_CUTLASS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(MoejitError, match="MOEJIT_CUTLASS_DIR"):
+        jit.find_cutlass()
+
+
+def test_cutlass_from_wheel_is_pinned_version(monkeypatch):
+    monkeypatch.delenv("MOEJIT_CUTLASS_DIR", raising=False)
+    pytest.importorskip("cutlass_library")
+    found = jit.find_cutlass()
+    assert found.version == "4.2.0"
+    assert (found.include / "cute" / "tensor.hpp").is_file()
+
+
+_HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from moejit.jit.lock import file_lock
+    with file_lock(Path(sys.argv[1])):
+        print("held", flush=True)
+        time.sleep(600)
+""")
+
+
+def _start_holder(lock: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_lock_times_out_naming_the_lock(tmp_path):
+    lock = tmp_path / "x.lock"
+    holder = _start_holder(lock)
+    try:
+        waited = []
+        with pytest.raises(MoejitError, match=str(lock)):
+            with file_lock(lock, timeout=0.5, on_wait=waited.append):
+                pass
+        assert waited == [lock]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_killed_holder_releases_lock(tmp_path):
+    lock = tmp_path / "x.lock"
+    holder = _start_holder(lock)
+    holder.kill()  # SIGKILL: no cleanup code runs
+    holder.wait()
+    with file_lock(lock, timeout=5):
+        pass
+    assert lock.exists()  # the file stays; only the flock matters
+
+
+@pytest.mark.skipif(not HAS_CUDA_TORCH, reason="needs nvcc and a CUDA-enabled torch")
+def test_failed_build_shows_first_errors_and_log(src_copy):
+    (src_copy / "activation.cu").write_text("this is not C++;\n")
+    with pytest.raises(MoejitBuildError) as info:
+        jit.build("common", "80", jobs=1, quiet=True)
+    assert "activation.cu" in str(info.value) and "error" in str(info.value)
+    assert info.value.log_path and Path(info.value.log_path).is_file()
+    assert "full log:" in str(info.value)
+    # Nothing half-built is published under the key.
+    assert not jit.plan("common", "80").is_built()
