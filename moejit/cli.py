@@ -148,15 +148,14 @@ def info() -> None:
     console.print(f"modules: {known}", highlight=False)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.pass_context
-def bench(ctx: click.Context) -> None:
-    """Benchmark CUTLASS against Triton MoE layers over models, TP sizes and batch sizes."""
-    import torch
+def _register_subcommands() -> None:
+    """Commands that live with their subsystem (each module imports torch only when its command runs)."""
+    from moejit.bench.cli import bench
 
-    if not torch.cuda.is_available():
-        _fail("moejit bench needs a CUDA GPU and none is visible")
-    _fail("moejit bench: the sweep is not implemented yet")
+    main.add_command(bench)
+
+
+_register_subcommands()
 
 
 if __name__ == "__main__":

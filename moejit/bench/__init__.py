@@ -1,0 +1,1 @@
+"""Benchmarking: CUDA-graph timing, model registry, roofline, the ``moejit bench`` sweep."""

@@ -1,0 +1,15 @@
+"""Float32 torch references for every moejit op and for whole MoE layers (plain, and simulating quantization).
+
+They run anywhere torch runs (CPU or GPU) and are what the tests and the benchmark's error column compare against.
+"""
+
+from moejit.reference.core import (dequant_weight_ref, moe_permute_ref, moe_problem_sizes_ref, moe_ref,
+                                   moe_unpermute_ref, rel_error, silu_and_mul_ref)
+from moejit.reference.fp8 import (FP8_DTYPE, FP8_MAX, MIN_SCALE, fp8_dequant_ref, fp8_quant_ref, moe_fp8_ref,
+                                  quantize_weights_fp8_ref)
+
+__all__ = [
+    "FP8_DTYPE", "FP8_MAX", "MIN_SCALE", "dequant_weight_ref", "fp8_dequant_ref", "fp8_quant_ref", "moe_fp8_ref",
+    "moe_permute_ref", "moe_problem_sizes_ref", "moe_ref", "moe_unpermute_ref", "quantize_weights_fp8_ref",
+    "rel_error", "silu_and_mul_ref",
+]

@@ -1,0 +1,98 @@
+"""Float32 references of the common ops and of the unquantized MoE layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
+    """``silu(x[:, :N]) * x[:, N:]`` in float32, rounded to ``x.dtype``."""
+    n = x.shape[-1] // 2
+    xf = x.float()
+    return (F.silu(xf[..., :n]) * xf[..., n:]).to(x.dtype)
+
+
+def moe_permute_ref(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts: int):
+    """Reference of :func:`moejit.ops.moe_permute` (same outputs, same conventions)."""
+    m, topk = topk_ids.shape
+    flat = topk_ids.reshape(-1).long()
+    keys = torch.where((flat >= 0) & (flat < num_experts), flat, torch.full_like(flat, num_experts))
+    sort_idx = torch.sort(keys, stable=True).indices
+    sorted_keys = keys[sort_idx]
+    offsets = torch.searchsorted(sorted_keys, torch.arange(num_experts + 1, device=keys.device))
+    inv_idx = torch.empty_like(sort_idx)
+    inv_idx[sort_idx] = torch.arange(m * topk, device=keys.device)
+    inv_idx = torch.where(keys < num_experts, inv_idx, torch.full_like(inv_idx, -1))
+    rows = hidden[sort_idx // topk] if m * topk else hidden.new_empty((0, hidden.shape[1]))
+    return rows, offsets.int(), sort_idx.int(), inv_idx.int()
+
+
+def moe_unpermute_ref(rows: torch.Tensor, topk_weights: torch.Tensor, inv_idx: torch.Tensor) -> torch.Tensor:
+    """``out[m] = Σ_j w[m, j] · rows[inv_idx[m*topk + j]]`` (slots with inv_idx -1 skipped), float32 accumulate."""
+    m, topk = topk_weights.shape
+    idx = inv_idx.long().reshape(m, topk)
+    gathered = rows.float()[idx.clamp(min=0)]  # [M, topk, K]
+    weights = topk_weights.float() * (idx >= 0)
+    return torch.einsum("mj,mjk->mk", weights, gathered).to(rows.dtype)
+
+
+def moe_problem_sizes_ref(expert_offsets: torch.Tensor, n: int, k: int, swap_ab: bool = False) -> torch.Tensor:
+    rows = (expert_offsets[1:] - expert_offsets[:-1]).int()
+    full = lambda v: torch.full_like(rows, v)  # noqa: E731
+    cols = (full(n), rows, full(k)) if swap_ab else (rows, full(n), full(k))
+    return torch.stack(cols, dim=1)
+
+
+def moe_ref(a: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+            topk_ids: torch.Tensor, w1_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None,
+            activation: str = "silu") -> torch.Tensor:
+    """The unquantized MoE layer in float32: ``Σ_j w[m,j] · W2[e] · act(W1[e] · a[m])`` with ``e = topk_ids[m,j]``.
+
+    ``w1 [E, 2N, K]`` and ``w2 [E, K, N]`` may be quantized; ``w*_scale`` (``[E]``, ``[E, 1, 1]`` or per output
+    channel ``[E, N_out]``/``[E, N_out, 1]``) dequantize them. Returns float32 ``[M, K]``.
+    """
+    if activation != "silu":
+        raise ValueError(f"unsupported activation {activation!r}")
+    num_experts = w1.shape[0]
+    out = torch.zeros((a.shape[0], w2.shape[1]), dtype=torch.float32, device=a.device)
+    af = a.float()
+    for e in range(num_experts):
+        token, slot = torch.nonzero(topk_ids == e, as_tuple=True)
+        if token.numel() == 0:
+            continue
+        w1e = dequant_weight_ref(w1[e], None if w1_scale is None else w1_scale[e])
+        w2e = dequant_weight_ref(w2[e], None if w2_scale is None else w2_scale[e])
+        h = af[token] @ w1e.t()
+        n = h.shape[1] // 2
+        y = (F.silu(h[:, :n]) * h[:, n:]) @ w2e.t()
+        out.index_add_(0, token, y * topk_weights[token, slot].float()[:, None])
+    return out
+
+
+def dequant_weight_ref(w_q: torch.Tensor, scale: torch.Tensor | None,
+                       block_shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """One expert's weights ``[N_out, K]`` back to float32. ``scale``: one element (per tensor), ``N_out``
+    elements (per output channel), or ``[N_out/bn, K/bk]`` blocks with ``block_shape=(bn, bk)``; None: no scale."""
+    wf = w_q.float()
+    if scale is None:
+        return wf
+    s = scale.float()
+    if block_shape is not None:
+        bn, bk = block_shape
+        full = s.repeat_interleave(bn, dim=0).repeat_interleave(bk, dim=1)
+        return wf * full[: wf.shape[0], : wf.shape[1]]
+    if s.numel() == 1:
+        return wf * s.reshape(())
+    if s.numel() == wf.shape[0]:
+        return wf * s.reshape(-1, 1)
+    raise ValueError(f"weight scale of shape {tuple(scale.shape)} matches no layout for weights {tuple(w_q.shape)}")
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative Frobenius error ``‖out − ref‖ / ‖ref‖`` in float64 (inf if out has NaN/inf)."""
+    o, r = out.double(), ref.double()
+    if not torch.isfinite(o).all():
+        return float("inf")
+    denom = r.norm().item()
+    return (o - r).norm().item() / (denom if denom > 0 else 1.0)
