@@ -24,3 +24,11 @@ TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
   m.impl("moe_problem_sizes", &moejit::moe_problem_sizes);
 }
 #endif
+
+#if defined(MOEJIT_MODULE_SM90_FP8)
+// SM90 FP8 module (CUTLASS 3.x grouped GEMMs, FP8 quantization): registrations go here.
+#endif
+
+#if defined(MOEJIT_MODULE_SM80_INT8)
+// SM80 INT8 module (CUTLASS 2.x grouped GEMMs: per-tensor and hybrid blockwise): registrations go here.
+#endif

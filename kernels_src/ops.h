@@ -17,3 +17,9 @@ at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& topk_weights,
 at::Tensor moe_problem_sizes(const at::Tensor& expert_offsets, int64_t n, int64_t k, bool swap_ab);
 
 }  // namespace moejit
+
+namespace moejit {
+// ---- sm90_fp8 module: declarations go here.
+
+// ---- sm80_int8 module: declarations go here.
+}  // namespace moejit
