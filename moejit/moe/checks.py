@@ -1,0 +1,117 @@
+"""Input validation shared by every MoE layer, so that all backends accept exactly the same arguments.
+
+Every failure raises :class:`moejit.errors.MoejitInputError` naming the argument. Value checks on ``topk_ids``
+need the host to read the device, so they run only in eager mode outside CUDA-graph capture and torch.compile, and
+can be turned off with ``MOEJIT_CHECK_IDS=0``; the kernels never crash on bad ids either way (an id outside
+``[0, E)`` is a dropped slot). ``-1`` is always allowed: it marks a slot routed to no local expert.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from moejit.errors import MoejitInputError
+from moejit.ops._validate import FLOAT16_TYPES, check_same_device, check_tensor
+
+FP8 = torch.float8_e4m3fn
+INT8 = torch.int8
+
+
+@dataclass(frozen=True)
+class MoeShape:
+    m: int
+    k: int  # hidden size
+    n: int  # intermediate size (w1 has 2n rows)
+    num_experts: int
+    topk: int
+
+
+def check_routing(a: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, num_experts: int) -> int:
+    """Check ``a``, ``topk_weights`` and ``topk_ids``; returns topk."""
+    check_tensor("topk_ids", topk_ids, dtypes=(torch.int32, torch.int64), ndim=2, contiguous=True)
+    check_tensor("topk_weights", topk_weights, dtypes=(torch.float32, torch.bfloat16, torch.float16), ndim=2)
+    if topk_ids.shape[0] != a.shape[0]:
+        raise MoejitInputError(f"topk_ids has {topk_ids.shape[0]} rows but a has {a.shape[0]}")
+    if topk_weights.shape != topk_ids.shape:
+        raise MoejitInputError(f"topk_weights {tuple(topk_weights.shape)} and topk_ids {tuple(topk_ids.shape)} "
+                               "must have the same shape")
+    if topk_ids.shape[1] < 1:
+        raise MoejitInputError("topk_ids must have at least one column")
+    check_same_device(a=a, topk_weights=topk_weights, topk_ids=topk_ids)
+    if _may_read_device() and topk_ids.numel():
+        bad = (topk_ids >= num_experts) | (topk_ids < -1)
+        if bool(bad.any()):
+            first = topk_ids[bad][0].item()
+            raise MoejitInputError(f"topk_ids holds {first}, outside [0, {num_experts}) (use -1 for dropped slots)")
+    return topk_ids.shape[1]
+
+
+def _may_read_device() -> bool:
+    if os.environ.get("MOEJIT_CHECK_IDS", "1") in ("0", ""):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+def check_moe_weights(a: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, weight_dtype: torch.dtype,
+                      multiple_of: int = 16) -> MoeShape:
+    """``a [M, K]`` bf16/fp16, ``w1 [E, 2N, K]`` and ``w2 [E, K, N]`` of ``weight_dtype``, all contiguous CUDA."""
+    check_tensor("a", a, dtypes=FLOAT16_TYPES, ndim=2, contiguous=True)
+    check_tensor("w1", w1, dtypes=(weight_dtype,), ndim=3, contiguous=True)
+    check_tensor("w2", w2, dtypes=(weight_dtype,), ndim=3, contiguous=True)
+    check_same_device(a=a, w1=w1, w2=w2)
+    m, k = a.shape
+    e, two_n, k1 = w1.shape
+    if k1 != k:
+        raise MoejitInputError(f"w1 is [E, 2N, K] = {tuple(w1.shape)} but a has K = {k}")
+    if two_n % 2:
+        raise MoejitInputError(f"w1's second dimension (2N = gate ‖ up) must be even, got {two_n}")
+    n = two_n // 2
+    if tuple(w2.shape) != (e, k, n):
+        raise MoejitInputError(f"w2 must be [E, K, N] = {(e, k, n)}, got {tuple(w2.shape)}")
+    for name, value in (("K", k), ("N", n)):
+        if value % multiple_of:
+            raise MoejitInputError(f"{name} = {value} must be a multiple of {multiple_of}")
+    return MoeShape(m, k, n, e, 0)
+
+
+def weight_scale_mode(name: str, scale: torch.Tensor, num_experts: int, n_out: int, k_in: int,
+                      per_out_ch: bool, block_shape: tuple[int, int] | None) -> str:
+    """Classify a weight scale as ``"tensor"`` ([E], [E,1], [E,1,1]), ``"channel"`` ([E, N_out] or [E, N_out, 1])
+    or ``"block"`` ([E, ceil(N_out/bn), ceil(K/bk)]), and check it agrees with ``per_out_ch``/``block_shape``."""
+    check_tensor(name, scale, dtypes=(torch.float32,))
+    shape = tuple(scale.shape)
+    if block_shape is not None:
+        bn, bk = block_shape
+        want = (num_experts, -(-n_out // bn), -(-k_in // bk))
+        if shape != want:
+            raise MoejitInputError(f"{name} must be [E, N_out/{bn}, K/{bk}] = {want} for block_shape "
+                                   f"{block_shape}, got {shape}")
+        return "block"
+    if scale.numel() == num_experts and shape[0] == num_experts and all(d == 1 for d in shape[1:]):
+        if per_out_ch and n_out != 1:
+            raise MoejitInputError(f"per_out_ch=True needs {name} of shape [E, {n_out}], got {shape}")
+        return "tensor"
+    if shape[:2] == (num_experts, n_out) and all(d == 1 for d in shape[2:]):
+        if not per_out_ch:
+            raise MoejitInputError(f"{name} has one scale per output channel {shape}; pass per_out_ch=True")
+        return "channel"
+    raise MoejitInputError(f"{name} of shape {shape} matches no scale layout: [E]={num_experts} per tensor or "
+                           f"[E, N_out]=({num_experts}, {n_out}) per output channel")
+
+
+def check_act_scale(name: str, scale: torch.Tensor | None, per_act_token: bool) -> None:
+    """A static activation scale is one float32 element; per-token activations are always dynamic."""
+    if scale is None:
+        return
+    check_tensor(name, scale, dtypes=(torch.float32,))
+    if per_act_token:
+        raise MoejitInputError(f"{name} is a static per-tensor scale but per_act_token=True asks for dynamic "
+                               "per-token scales; pass one or the other")
+    if scale.numel() != 1:
+        raise MoejitInputError(f"{name} must hold one element (static per-tensor scale), got shape "
+                               f"{tuple(scale.shape)}")
