@@ -7,9 +7,18 @@ from moejit.reference.core import (dequant_weight_ref, moe_permute_ref, moe_prob
                                    moe_unpermute_ref, rel_error, silu_and_mul_ref)
 from moejit.reference.fp8 import (FP8_DTYPE, FP8_MAX, MIN_SCALE, fp8_dequant_ref, fp8_quant_ref, moe_fp8_ref,
                                   quantize_weights_fp8_ref)
+from moejit.reference.int8 import (int8_act_qdq_ref, int8_block_dequant_ref, int8_block_quant_ref, int8_dequant_ref,
+                                   int8_hybrid_dequant_ref, int8_hybrid_grouped_mm_ref, int8_hybrid_mm_ref,
+                                   int8_hybrid_quant_ref, int8_quant_ref, moe_int8_hybrid_ref, moe_int8_ref,
+                                   quantize_weights_int8_ref)
 
 __all__ = [
     "FP8_DTYPE", "FP8_MAX", "MIN_SCALE", "dequant_weight_ref", "fp8_dequant_ref", "fp8_quant_ref", "moe_fp8_ref",
     "moe_permute_ref", "moe_problem_sizes_ref", "moe_ref", "moe_unpermute_ref", "quantize_weights_fp8_ref",
     "rel_error", "silu_and_mul_ref",
+]
+__all__ += [
+    "int8_act_qdq_ref", "int8_block_dequant_ref", "int8_block_quant_ref", "int8_dequant_ref",
+    "int8_hybrid_dequant_ref", "int8_hybrid_grouped_mm_ref", "int8_hybrid_mm_ref", "int8_hybrid_quant_ref",
+    "int8_quant_ref", "moe_int8_hybrid_ref", "moe_int8_ref", "quantize_weights_int8_ref",
 ]

@@ -1,0 +1,173 @@
+"""Triton kernels producing the INT8 hybrid blockwise (Q/F) activation format (:mod:`moejit.int8.format`).
+
+One kernel, three producers selected at compile time:
+
+- ``int8_hybrid_quant``: ``x [T, K]`` → ``xq int8 [T, K]``, ``Q int32 [T, K/B]``, ``F float32 [T, G]``.
+- ``int8_hybrid_permute_quant``: the same for the expert-sorted rows of an MoE layer, read straight from the
+  unpermuted hidden states through ``sort_idx`` (row p comes from ``hidden[sort_idx[p] // topk]``): no permuted
+  16-bit copy is ever written.
+- ``int8_hybrid_silu_quant``: GEMM1's output ``[T, 2N]`` (gate ‖ up) → ``silu(gate) · up`` in float32 →
+  ``xq int8 [T, N]`` + Q/F, without storing the activation.
+
+Each program quantizes one (row, super group): it loads the group's ``S_eff`` blocks as one ``[S_pad, B]`` tile,
+so the group maximum, F, every Q and every xq come from a single read of the input. The arithmetic is exactly
+:func:`moejit.reference.int8.int8_hybrid_quant_ref`'s: IEEE divisions (``div_rn``), ``ceil``, clamps, and
+round-half-away-from-zero computed as ``t = trunc(v); t + (v - t ≥ .5) - (v - t ≤ -.5)``; so the plain and the
+permuted quantizers are bit-identical to the reference. The SiLU variant differs from ``silu`` in torch by the last
+bits of ``exp`` (and so, rarely, by one step of xq or Q at a rounding boundary).
+
+The wrappers accept CPU tensors when Triton runs in interpreter mode (``TRITON_INTERPRET=1``), which the CPU tests
+use. Nothing synchronizes with the host: every wrapper is CUDA-graph capturable.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from moejit.errors import MoejitInputError
+from moejit.int8.format import HybridFormat
+
+_ACT_TYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+MODE_PLAIN = 0
+MODE_PERMUTE = 1
+MODE_SILU = 2
+
+
+@triton.jit
+def _int8_hybrid_quant_kernel(x_ptr, idx_ptr, xq_ptr, q_ptr, f_ptr,
+                              K, x_row_stride, topk, num_blocks, num_groups,
+                              S_EFF: tl.constexpr, S_PAD: tl.constexpr, BLOCK: tl.constexpr,
+                              Q_MAX: tl.constexpr, MODE: tl.constexpr):
+    row = tl.program_id(0)
+    grp = tl.program_id(1)
+    if MODE == 1:
+        src = tl.load(idx_ptr + row) // topk
+    else:
+        src = row
+    lane = tl.arange(0, S_PAD)
+    blk = grp * S_EFF + lane                                     # [S_PAD] block index in the row
+    blk_ok = (lane < S_EFF) & (blk < num_blocks)
+    col = blk[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]    # [S_PAD, BLOCK] column in the row
+    mask = blk_ok[:, None] & (col < K)
+    base = x_ptr + src.to(tl.int64) * x_row_stride
+    if MODE == 2:
+        gate = tl.load(base + col, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(base + K + col, mask=mask, other=0.0).to(tl.float32)
+        x = gate / (1.0 + tl.exp(-gate)) * up
+    else:
+        x = tl.load(base + col, mask=mask, other=0.0).to(tl.float32)
+
+    amax = tl.max(tl.abs(x), axis=1)                             # [S_PAD]; padded blocks are 0
+    f = tl.math.div_rn(tl.max(amax, axis=0), Q_MAX * 127.0)      # F = group max / (127 · q_max)
+    live = f > 0.0
+    denom = tl.where(live, f * 127.0, 1.0)
+    q = tl.ceil(tl.math.div_rn(amax, tl.zeros_like(amax) + denom))
+    q = tl.minimum(tl.maximum(q, 1.0), Q_MAX * 1.0)
+    q = tl.where(live, q, 1.0)
+    step = tl.where(live, q * f, 1.0)                            # [S_PAD]
+    v = tl.math.div_rn(x, tl.zeros_like(x) + step[:, None])
+    v = tl.where(live, v, 0.0)
+    v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+    t = v.to(tl.int32)                                           # truncation toward zero
+    frac = v - t.to(tl.float32)                                  # exact
+    r = t + (frac >= 0.5).to(tl.int32) - (frac <= -0.5).to(tl.int32)
+
+    out_row = row.to(tl.int64)
+    tl.store(xq_ptr + out_row * K + col, r.to(tl.int8), mask=mask)
+    tl.store(q_ptr + out_row * num_blocks + blk, q.to(tl.int32), mask=blk_ok)
+    tl.store(f_ptr + out_row * num_groups + grp, f)
+
+
+def _interpreting() -> bool:
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _launch(x, idx, rows: int, k: int, x_row_stride: int, topk: int, fmt: HybridFormat, mode: int):
+    nb, groups, s_eff = fmt.num_blocks(k), fmt.num_groups(k), fmt.s_eff
+    dev = x.device
+    xq = torch.empty((rows, k), dtype=torch.int8, device=dev)
+    q = torch.empty((rows, nb), dtype=torch.int32, device=dev)
+    f = torch.empty((rows, groups), dtype=torch.float32, device=dev)
+    if rows == 0:
+        return xq, q, f
+    s_pad = triton.next_power_of_2(min(s_eff, nb))
+    tile = s_pad * fmt.block_size
+    num_warps = max(1, min(16, tile // 512))
+    _int8_hybrid_quant_kernel[(rows, groups)](
+        x, idx if idx is not None else x, xq, q, f, k, x_row_stride, topk, nb, groups,
+        S_EFF=s_eff, S_PAD=s_pad, BLOCK=fmt.block_size, Q_MAX=fmt.q_max, MODE=mode, num_warps=num_warps)
+    return xq, q, f
+
+
+# moejit.ops re-exports this module's wrappers, so moejit.ops._validate is imported when first needed (a top-level
+# import would run moejit/ops/__init__.py, which imports this module, before this module has defined anything).
+def check_tensor(name: str, t, **kwargs):
+    from moejit.ops import _validate
+
+    return _validate.check_tensor(name, t, **kwargs)
+
+
+def check_same_device(**tensors):
+    from moejit.ops import _validate
+
+    _validate.check_same_device(**tensors)
+
+
+def _check_act(name: str, x, ndim: int = 2):
+    check_tensor(name, x, dtypes=_ACT_TYPES, ndim=ndim, contiguous=True, cuda=not _interpreting())
+
+
+def int8_hybrid_quant(x: torch.Tensor, block_size: int = 128, super_group_size: int = 256, q_max: int = 16):
+    """Quantize ``x [T, K]`` (bf16/fp16/fp32, contiguous) to the hybrid Q/F format.
+
+    Returns ``(xq int8 [T, K], Q int32 [T, K/B], F float32 [T, G])``, ``G = ceil((K/B) / S_eff)`` where
+    ``S_eff = min(super_group_size, safe_super_group(B, q_max))`` (longer super groups are split into
+    overflow-safe pieces, see :mod:`moejit.int8.format`). K must be a multiple of ``block_size``.
+    """
+    fmt = HybridFormat(block_size, super_group_size, q_max)
+    _check_act("x", x)
+    t, k = x.shape
+    return _launch(x, None, t, k, k, 1, fmt, MODE_PLAIN)
+
+
+def int8_hybrid_permute_quant(hidden: torch.Tensor, sort_idx: torch.Tensor, topk: int, block_size: int = 128,
+                              super_group_size: int = 256, q_max: int = 16):
+    """Fused permute + quantize: row p of the output is ``hidden[sort_idx[p] // topk]`` quantized to Q/F.
+
+    ``hidden [M, K]`` (bf16/fp16/fp32, contiguous), ``sort_idx int32 [M*topk]`` as returned by
+    :func:`moejit.ops.moe_permute` (values in ``[0, M*topk)``). Returns ``(xq int8 [M*topk, K],
+    Q int32 [M*topk, K/B], F float32 [M*topk, G])``; the permuted 16-bit rows are never materialized.
+    """
+    fmt = HybridFormat(block_size, super_group_size, q_max)
+    _check_act("hidden", hidden)
+    check_tensor("sort_idx", sort_idx, dtypes=(torch.int32,), ndim=1, contiguous=True, cuda=not _interpreting())
+    check_same_device(hidden=hidden, sort_idx=sort_idx)
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+        raise MoejitInputError(f"topk must be a positive int, got {topk!r}")
+    m, k = hidden.shape
+    if sort_idx.numel() != m * topk:
+        raise MoejitInputError(f"sort_idx has {sort_idx.numel()} entries, expected M*topk = {m * topk}")
+    return _launch(hidden, sort_idx, m * topk, k, k, topk, fmt, MODE_PERMUTE)
+
+
+def int8_hybrid_silu_quant(x: torch.Tensor, block_size: int = 128, super_group_size: int = 256, q_max: int = 16):
+    """Fused SiLU·mul + quantize: ``x [T, 2N]`` (gate ‖ up, bf16/fp16/fp32, contiguous) →
+    ``silu(x[:, :N]) · x[:, N:]`` in float32, quantized to Q/F without being stored.
+
+    Returns ``(xq int8 [T, N], Q int32 [T, N/B], F float32 [T, G])``. N must be a multiple of ``block_size``.
+    """
+    fmt = HybridFormat(block_size, super_group_size, q_max)
+    _check_act("x", x)
+    t, two_n = x.shape
+    if two_n % 2:
+        raise MoejitInputError(f"x's last dimension must be even (gate ‖ up), got {two_n}")
+    n = two_n // 2
+    return _launch(x, None, t, n, two_n, 1, fmt, MODE_SILU)

@@ -1,0 +1,152 @@
+"""The INT8 hybrid blockwise MoE layer (seed 003): CUTLASS SM80 hybrid grouped GEMMs around Triton Q/F quantizers.
+
+Pipeline of :func:`cutlass_moe_int8_hybrid` (nothing synchronizes with the host; CUDA-graph capturable)::
+
+    permute (CUB sort)  ─┬─ rows → int8_hybrid_quant                   (fused_permute_quant=False)
+                         └─ int8_hybrid_permute_quant(hidden, sort_idx) (fused_permute_quant=True)
+    GEMM1  int8_hybrid_grouped_mm(xq, Q, F, w13_q, w13_scale)  → [rows, 2N] in hidden.dtype
+    act    int8_hybrid_silu_quant(h)                            (fused_silu_quant=True)
+           or silu_and_mul(h) → int8_hybrid_quant               (fused_silu_quant=False)
+    GEMM2  int8_hybrid_grouped_mm(…, w2_q, w2_scale)            → [rows, K]
+    out    moe_unpermute(rows, topk_weights, inv_idx)           weighted reduce, float32 accumulate
+
+The fused permute path needs only the permutation, not the permuted rows: it calls the common module's
+``moe_permute`` with a zero-width ``[M, 0]`` hidden tensor, which runs the same CUB radix sort, expert offsets and
+inverse map and copies zero bytes per row (so nothing is asked of the common module, and the sort is identical to
+the unfused path's).
+
+Super groups: the layer passes the *effective* super group ``S_eff = min(super_group_size, safe)`` (see
+:mod:`moejit.int8.format`) to both quantizers and GEMMs, so a requested super group longer than the overflow-safe
+length is split into safe pieces, each with its own F; the int32 accumulators cannot overflow.
+
+Switch defaults (arguments left ``None``) come from the environment at call time:
+``MOEJIT_INT8_HYBRID_FUSED_SILU_QUANT`` (default 1) and ``MOEJIT_INT8_HYBRID_FUSED_PERMUTE_QUANT`` (default 0);
+the seed's ``VLLM_INT8_HYBRID_FUSED_SILU_QUANT`` / ``VLLM_INT8_HYBRID_FUSED_PERMUTE_QUANT`` are accepted too, and
+the ``MOEJIT_`` name wins when both are set. Values: 1/0, true/false, yes/no, on/off (case-insensitive).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from moejit.errors import MoejitInputError
+from moejit.int8.format import HybridFormat
+
+ENV_FUSED_SILU_QUANT = ("MOEJIT_INT8_HYBRID_FUSED_SILU_QUANT", "VLLM_INT8_HYBRID_FUSED_SILU_QUANT")
+ENV_FUSED_PERMUTE_QUANT = ("MOEJIT_INT8_HYBRID_FUSED_PERMUTE_QUANT", "VLLM_INT8_HYBRID_FUSED_PERMUTE_QUANT")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+# The hybrid grouped GEMM. None: ``moejit.ops.int8.int8_hybrid_grouped_mm`` (the CUTLASS op), imported on first
+# use. Tests may set this to a torch implementation of the same contract.
+_hybrid_grouped_mm = None
+
+
+def env_flag(names: tuple[str, ...], default: bool) -> bool:
+    """The first of ``names`` that is set (and not empty) decides; otherwise ``default``. Raises
+    :class:`MoejitInputError` for a value that is not a boolean word."""
+    for name in names:
+        raw = os.environ.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        value = raw.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise MoejitInputError(f"environment variable {name}={raw!r} is not a boolean (use 1/0, true/false, "
+                               "yes/no, on/off)")
+    return default
+
+
+def resolve_switches(fused_silu_quant: bool | None = None, fused_permute_quant: bool | None = None):
+    """``(fused_silu_quant, fused_permute_quant)``: explicit arguments win, else the environment, else (True,
+    False)."""
+    silu = env_flag(ENV_FUSED_SILU_QUANT, True) if fused_silu_quant is None else bool(fused_silu_quant)
+    perm = env_flag(ENV_FUSED_PERMUTE_QUANT, False) if fused_permute_quant is None else bool(fused_permute_quant)
+    return silu, perm
+
+
+def _grouped_mm():
+    if _hybrid_grouped_mm is not None:
+        return _hybrid_grouped_mm
+    try:
+        from moejit.ops.int8 import int8_hybrid_grouped_mm
+    except ImportError as exc:  # the CUTLASS INT8 module is not part of this build
+        raise MoejitInputError("cutlass_moe_int8_hybrid needs moejit.ops.int8.int8_hybrid_grouped_mm (the "
+                               f"sm80_int8 module), which is not available: {exc}") from exc
+    return int8_hybrid_grouped_mm
+
+
+def _channel_scale(name: str, scale, num_experts: int, n_out: int) -> torch.Tensor:
+    """Accept ``[E, N_out]`` / ``[E, N_out, 1]`` float32 per-channel scales, or ``[E]`` / ``[E, 1]`` / ``[E, 1, 1]``
+    per-expert scales (broadcast to ``[E, N_out]``); returns a contiguous ``[E, N_out]`` tensor."""
+    from moejit.ops import _validate
+
+    _validate.check_tensor(name, scale, dtypes=(torch.float32,))
+    shape = tuple(scale.shape)
+    if shape[:2] == (num_experts, n_out) and all(d == 1 for d in shape[2:]):
+        return scale.reshape(num_experts, n_out).contiguous()
+    if scale.numel() == num_experts and shape and shape[0] == num_experts:
+        return scale.reshape(num_experts, 1).expand(num_experts, n_out).contiguous()
+    raise MoejitInputError(f"{name} must be float32 [E, N_out] = [{num_experts}, {n_out}] per output channel "
+                           f"(or [E] per expert), got shape {shape}")
+
+
+def cutlass_moe_int8_hybrid(hidden: torch.Tensor, w13_q: torch.Tensor, w2_q: torch.Tensor,
+                            w13_scale: torch.Tensor, w2_scale: torch.Tensor, topk_weights: torch.Tensor,
+                            topk_ids: torch.Tensor, *, block_size: int = 128, super_group_size: int = 256,
+                            q_max: int = 16, fused_silu_quant: bool | None = None,
+                            fused_permute_quant: bool | None = None) -> torch.Tensor:
+    """One MoE layer with INT8 hybrid blockwise activations and INT8 per-channel weights.
+
+    Args:
+        hidden: ``[M, K]`` bf16/fp16 activations.
+        w13_q: ``[E, 2N, K]`` int8 (gate ‖ up); ``w13_scale``: float32 ``[E, 2N]`` (see
+            :func:`moejit.ops.quantize_weights_int8`).
+        w2_q: ``[E, K, N]`` int8; ``w2_scale``: float32 ``[E, K]``.
+        topk_weights, topk_ids: ``[M, topk]`` routing; ids outside ``[0, E)`` (e.g. -1) are dropped slots.
+        block_size, super_group_size, q_max: the Q/F format (B, requested S, q_max); K and N must be multiples
+            of B. A super group longer than the overflow-safe length is split (module docstring).
+        fused_silu_quant, fused_permute_quant: pipeline switches; None reads the environment (module docstring).
+
+    Returns ``[M, K]`` in ``hidden.dtype``. Nothing synchronizes with the host (the id range check of
+    :mod:`moejit.moe.checks` runs only in eager mode), so the layer captures into CUDA graphs.
+    """
+    # Imported here, not at the top: moejit.ops re-exports this module (see moejit.int8.quant).
+    from moejit.int8.quant import int8_hybrid_permute_quant, int8_hybrid_quant, int8_hybrid_silu_quant
+    from moejit.moe import checks
+    from moejit.ops import _validate, common
+
+    fmt = HybridFormat(block_size, super_group_size, q_max)
+    shape = checks.check_moe_weights(hidden, w13_q, w2_q, checks.INT8)
+    num_experts, k, n = shape.num_experts, shape.k, shape.n
+    topk = checks.check_routing(hidden, topk_weights, topk_ids, num_experts)
+    if k % block_size or n % block_size:
+        raise MoejitInputError(f"hidden size K = {k} and intermediate size N = {n} must be multiples of "
+                               f"block_size {block_size}")
+    w13_s = _channel_scale("w13_scale", w13_scale, num_experts, 2 * n)
+    w2_s = _channel_scale("w2_scale", w2_scale, num_experts, k)
+    _validate.check_same_device(hidden=hidden, w13_scale=w13_s, w2_scale=w2_s)
+    fused_silu, fused_perm = resolve_switches(fused_silu_quant, fused_permute_quant)
+
+    m = hidden.shape[0]
+    if m == 0:
+        return hidden.new_empty((0, k))
+    b, s, qm, s_eff = fmt.block_size, fmt.super_group_size, fmt.q_max, fmt.s_eff
+    if fused_perm:
+        _, offsets, sort_idx, inv_idx = common.moe_permute(hidden.new_empty((m, 0)), topk_ids, num_experts)
+        a1, a1_q, a1_f = int8_hybrid_permute_quant(hidden, sort_idx, topk, b, s, qm)
+    else:
+        rows, offsets, sort_idx, inv_idx = common.moe_permute(hidden, topk_ids, num_experts)
+        a1, a1_q, a1_f = int8_hybrid_quant(rows, b, s, qm)
+    mm = _grouped_mm()
+    h = mm(a1, a1_q, a1_f, w13_q, w13_s, offsets, b, s_eff, qm, hidden.dtype)
+    if fused_silu:
+        a2, a2_q, a2_f = int8_hybrid_silu_quant(h, b, s, qm)
+    else:
+        a2, a2_q, a2_f = int8_hybrid_quant(common.silu_and_mul(h), b, s, qm)
+    y = mm(a2, a2_q, a2_f, w2_q, w2_s, offsets, b, s_eff, qm, hidden.dtype)
+    return common.moe_unpermute(y, topk_weights, inv_idx)
