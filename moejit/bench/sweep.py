@@ -289,7 +289,14 @@ def _no_progress(phase: str, what: str, advance: int) -> None:
 
 class Sweep:
     """Runs the cells of ``configs × opts.batch_sizes × backends``; :meth:`run` returns one
-    :class:`CellResult` per cell, in plan order."""
+    :class:`CellResult` per cell, in plan order.
+
+    Another benchmark (e.g. INT8) reuses it by subclassing the three data hooks — :meth:`make_weights` (one list
+    entry per rotated input copy), :meth:`make_inputs` (the per-batch-size :class:`LayerInputs` copies and the
+    distinct experts hit) and :meth:`reference` (the float32 output to check against) — passing its own
+    :class:`~moejit.bench.backends.Backend` objects and ``rate_kind`` (the matmul ceiling the roofline uses, and
+    the weight byte size). Timing, error/OOM/n/a handling, roofline columns and progress stay the same.
+    """
 
     def __init__(self, configs: Sequence[Config], backends: Sequence[Backend], opts: SweepOptions,
                  device="cuda", ceilings: roofline.Ceilings | None = None, timer=None,
@@ -355,7 +362,7 @@ class Sweep:
             self.progress("weights", f"{shape.name} TP={shape.tp}: FP8 weights "
                                      f"({weight_bytes(shape, per_out_ch) / 2**30:.2f} GiB)", 0)
             try:
-                weights = self._make_weights(shape, per_out_ch)
+                weights = self.make_weights(shape, per_out_ch)
             except Exception as exc:  # noqa: BLE001 - any failure lands in the cells
                 status = STATUS_OOM if is_oom(exc) else STATUS_ERROR
                 msg = f"weights ({weight_bytes(shape, per_out_ch) / 2**30:.1f} GiB) do not fit: {_short(exc)}" \
@@ -373,7 +380,7 @@ class Sweep:
                 self._free_memory()
         return self.results
 
-    def _make_weights(self, shape: ModelShape, per_out_ch: bool) -> list[tuple]:
+    def make_weights(self, shape: ModelShape, per_out_ch: bool) -> list[tuple]:
         import torch
 
         gen = torch.Generator(device=self.device).manual_seed(self.opts.seed)
@@ -388,7 +395,7 @@ class Sweep:
             sets.append(tuple(t.clone() for t in sets[0]))
         return sets
 
-    def _make_inputs(self, cfg: Config, m: int, weights: list[tuple]) -> tuple[list[LayerInputs], float]:
+    def make_inputs(self, cfg: Config, m: int, weights: list[tuple]) -> tuple[list[LayerInputs], float]:
         import torch
 
         shape = cfg.shape
@@ -407,7 +414,7 @@ class Sweep:
                                     a1, a2))
         return sets, experts_hit
 
-    def _reference(self, cfg: Config, x: LayerInputs):
+    def reference(self, cfg: Config, x: LayerInputs):
         from moejit.reference import moe_fp8_ref
 
         return moe_fp8_ref(x.a, x.w1_q, x.w2_q, x.topk_weights, x.topk_ids, x.w1_scale, x.w2_scale,
@@ -423,8 +430,8 @@ class Sweep:
             return
         self.progress("inputs", f"{label}: inputs" + (" + reference" if self.opts.check else ""), 0)
         try:
-            sets, experts_hit = self._make_inputs(cfg, m, weights)
-            ref = self._reference(cfg, sets[0]) if self.opts.check else None
+            sets, experts_hit = self.make_inputs(cfg, m, weights)
+            ref = self.reference(cfg, sets[0]) if self.opts.check else None
         except Exception as exc:  # noqa: BLE001
             status = STATUS_OOM if is_oom(exc) else STATUS_ERROR
             self._free_memory()
