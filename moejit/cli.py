@@ -151,8 +151,10 @@ def info() -> None:
 def _register_subcommands() -> None:
     """Commands that live with their subsystem (each module imports torch only when its command runs)."""
     from moejit.bench.cli import bench
+    from moejit.triton.tune import tune
 
     main.add_command(bench)
+    main.add_command(tune)
 
 
 _register_subcommands()

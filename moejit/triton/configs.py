@@ -1,0 +1,121 @@
+"""Kernel configs of the fused MoE GEMM: JSON tables per GPU and problem, and a shape heuristic for the rest.
+
+A table maps a batch size M to one config (``BLOCK_SIZE_M/N/K``, ``GROUP_SIZE_M``, ``num_warps``, ``num_stages``) used
+by both GEMMs of the layer (they share the alignment, hence BLOCK_SIZE_M). It is keyed by the device name, the number
+of experts E, the intermediate size N (per TP shard: ``w2.shape[2]``), the hidden size K, top-k, the quantized
+dtype and the quantization mode, in the file name::
+
+    E=8,N=14336,K=4096,topk=2,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,quant=token_channel.json
+
+Lookup order: ``$MOEJIT_TRITON_CONFIG_DIR``, then ``<moejit cache>/triton_configs`` (where ``moejit tune`` writes),
+then the tables shipped in ``moejit/triton/configs/``. The entry with the nearest M is used. Without a table,
+:func:`heuristic_config` picks a config from the expected rows per expert.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+PACKAGE_CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
+
+
+def device_name(device=None) -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name(device).replace(" ", "_").replace("/", "_")
+
+
+def quant_mode(per_act_token: bool, per_out_ch: bool, block_shape: tuple[int, int] | None) -> str:
+    """``tensor_tensor``, ``token_channel``, ``token_tensor``, ``tensor_channel`` or ``block<bn>x<bk>``."""
+    if block_shape is not None:
+        return f"block{block_shape[0]}x{block_shape[1]}"
+    return f"{'token' if per_act_token else 'tensor'}_{'channel' if per_out_ch else 'tensor'}"
+
+
+def config_file_name(e: int, n: int, k: int, topk: int, device: str, dtype: str, mode: str) -> str:
+    return f"E={e},N={n},K={k},topk={topk},device_name={device},dtype={dtype},quant={mode}.json"
+
+
+def user_config_dir() -> Path:
+    from moejit.jit import cache_root
+
+    return cache_root() / "triton_configs"
+
+
+def search_dirs() -> list[Path]:
+    dirs = []
+    env = os.environ.get("MOEJIT_TRITON_CONFIG_DIR")
+    if env:
+        dirs.append(Path(env))
+    dirs += [user_config_dir(), PACKAGE_CONFIG_DIR]
+    return dirs
+
+
+def validate_config(cfg: dict) -> dict:
+    missing = [k for k in CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"config {cfg} lacks {missing}")
+    out = {k: int(cfg[k]) for k in CONFIG_KEYS}
+    for k in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
+        if out[k] < 16 or out[k] & (out[k] - 1):
+            raise ValueError(f"{k} must be a power of two >= 16, got {out[k]}")
+    return out
+
+
+def parse_table(text: str) -> dict[int, dict]:
+    raw = json.loads(text)
+    return {int(m): validate_config(cfg) for m, cfg in raw.items() if not str(m).startswith("_")}
+
+
+@functools.lru_cache(maxsize=256)
+def load_table(file_name: str, dirs: tuple[Path, ...]) -> tuple[dict[int, dict] | None, Path | None]:
+    for d in dirs:
+        path = d / file_name
+        if path.is_file():
+            return parse_table(path.read_text()), path
+    return None, None
+
+
+def nearest(table: dict[int, dict], m: int) -> dict:
+    return table[min(table, key=lambda key: (abs(key - m), key))]
+
+
+def heuristic_config(m: int, e: int, n: int, k: int, topk: int, block_shape: tuple[int, int] | None = None) -> dict:
+    """A config from the expected rows per expert (``M·topk/E``), sized for Hopper-class FP8/INT8 tensor cores.
+
+    Few rows per expert: the layer streams weights, so small M tiles and enough N tiles to fill the GPU; many rows:
+    128×128 tiles, grouped ordering for L2 reuse of the weights, 8 warps."""
+    rows = m * topk / max(e, 1)
+    if rows <= 16:
+        cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
+    elif rows <= 48:
+        cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
+    elif rows <= 160:
+        cfg = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=8, num_warps=4, num_stages=3)
+    else:
+        cfg = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=16, num_warps=8, num_stages=3)
+    if block_shape is not None:
+        cfg["BLOCK_SIZE_K"] = min(cfg["BLOCK_SIZE_K"], block_shape[1])
+    # a K smaller than the tile wastes loads: shrink BLOCK_SIZE_K toward K (at least 16)
+    while cfg["BLOCK_SIZE_K"] > 16 and cfg["BLOCK_SIZE_K"] // 2 >= k:
+        cfg["BLOCK_SIZE_K"] //= 2
+    return cfg
+
+
+def get_config(m: int, e: int, n: int, k: int, topk: int, dtype: str, mode: str,
+               block_shape: tuple[int, int] | None = None, device: str | None = None) -> dict:
+    """The config for batch size ``m``: the nearest entry of the first table found, else the heuristic."""
+    device = device or device_name()
+    table, _ = load_table(config_file_name(e, n, k, topk, device, dtype, mode), tuple(search_dirs()))
+    if table:
+        cfg = dict(nearest(table, m))
+        if block_shape is not None:
+            cfg["BLOCK_SIZE_K"] = min(cfg["BLOCK_SIZE_K"], block_shape[1])
+        return cfg
+    return heuristic_config(m, e, n, k, topk, block_shape)

@@ -1,0 +1,172 @@
+"""Triton activation quantization for the fused MoE path: dynamic per-tensor / per-token / 1×G group and static
+per-tensor, each optionally fused with SiLU·mul of a ``[rows, 2N]`` gate ‖ up input.
+
+Semantics are exactly :func:`moejit.reference.fp8_quant_ref`'s (and its INT8 analogue): dynamic scales are
+``max(amax / QMAX, 1e-12)``; ``q = clamp(x / scale, ±QMAX)`` converted with round-to-nearest-even (e4m3 for FP8,
+``rint`` for INT8). Divisions are IEEE-rounded (``div_rn``) so the kernels agree bit for bit with torch. With SiLU,
+``silu(gate) · up`` is computed in float32 and rounded to the input dtype first, as the reference stores the
+GEMM1 output in the activation dtype.
+
+Rows can be masked by ``topk_ids`` (slot ``r`` is live when ``0 <= topk_ids.flat[r] < E``): masked rows are
+skipped and do not contribute to a per-tensor amax — the intermediate of dropped slots is never written.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from moejit.reference.fp8 import MIN_SCALE
+
+FP8_DTYPE = torch.float8_e4m3fn
+
+# quantization modes of an activation (constexpr MODE of the kernels)
+STATIC_TENSOR, DYNAMIC_TENSOR, PER_TOKEN, GROUP = 0, 1, 2, 3
+
+_QMAX = {torch.float8_e4m3fn: 448.0, torch.int8: 127.0}
+
+
+def qmax_of(dtype: torch.dtype) -> float:
+    try:
+        return _QMAX[dtype]
+    except KeyError:
+        raise ValueError(f"no quantized activation type {dtype}; expected float8_e4m3fn or int8") from None
+
+
+@triton.jit
+def _load_row_chunk(x_ptr, row, cols, mask, stride_xm, n_cols, HAS_SILU: tl.constexpr):
+    """float32 values of columns ``cols`` of one row: ``x`` itself, or ``silu(gate) * up`` rounded to x's dtype."""
+    base = x_ptr + row.to(tl.int64) * stride_xm
+    if HAS_SILU:
+        g = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(base + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        v = (g / (1.0 + tl.exp(-g)) * u).to(x_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        v = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _to_q(v, inv_scale_div, QMAX: tl.constexpr, q_dtype: tl.constexpr, IS_INT: tl.constexpr):
+    y = tl.math.div_rn(v, inv_scale_div)
+    y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
+    if IS_INT:
+        y = tl.extra.cuda.libdevice.rint(y)
+    return y.to(q_dtype)
+
+
+@triton.jit
+def _row_live(ids_ptr, row, num_experts, HAS_IDS: tl.constexpr):
+    if HAS_IDS:
+        e = tl.load(ids_ptr + row)
+        live = (e >= 0) & (e < num_experts)
+    else:
+        live = row >= 0
+    return live
+
+
+@triton.jit
+def _amax_kernel(x_ptr, amax_ptr, ids_ptr, stride_xm, n_cols, num_experts,
+                 HAS_SILU: tl.constexpr, HAS_IDS: tl.constexpr, BLOCK: tl.constexpr):
+    """amax over all live rows, accumulated with an atomic max into ``amax_ptr`` (pre-zeroed)."""
+    row = tl.program_id(0)
+    if _row_live(ids_ptr, row, num_experts, HAS_IDS):
+        m = tl.zeros((BLOCK,), tl.float32)
+        for c0 in range(0, n_cols, BLOCK):
+            cols = c0 + tl.arange(0, BLOCK)
+            v = _load_row_chunk(x_ptr, row, cols, cols < n_cols, stride_xm, n_cols, HAS_SILU)
+            m = tl.maximum(m, tl.abs(v))
+        tl.atomic_max(amax_ptr, tl.max(m, axis=0), sem="relaxed")
+
+
+@triton.jit
+def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, stride_xm, stride_qm, stride_sm, n_cols, num_experts,
+                       MODE: tl.constexpr, HAS_SILU: tl.constexpr, HAS_IDS: tl.constexpr, QMAX: tl.constexpr,
+                       IS_INT: tl.constexpr, MIN_S: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr):
+    """One program per row. MODE 0: static scale ``s_ptr[0]``; 1: dynamic per tensor (``s_ptr[0]`` holds the amax,
+    turned into the scale here); 2: per token (writes ``s_ptr[row]``); 3: 1×GROUP groups (writes
+    ``s_ptr[row, g]``; BLOCK is a multiple of GROUP)."""
+    row = tl.program_id(0)
+    if _row_live(ids_ptr, row, num_experts, HAS_IDS):
+        q_dtype = q_ptr.dtype.element_ty
+        q_row = q_ptr + row.to(tl.int64) * stride_qm
+        if MODE == 3:
+            GPB: tl.constexpr = BLOCK // GROUP
+            for c0 in range(0, n_cols, BLOCK):
+                g_idx = c0 // GROUP + tl.arange(0, GPB)
+                cols = (c0 + tl.arange(0, GPB)[:, None] * GROUP + tl.arange(0, GROUP)[None, :])
+                mask = cols < n_cols
+                v = _load_row_chunk(x_ptr, row, cols, mask, stride_xm, n_cols, HAS_SILU)
+                s = tl.maximum(tl.math.div_rn(tl.max(tl.abs(v), axis=1), QMAX), MIN_S)
+                tl.store(q_row + cols, _to_q(v, s[:, None], QMAX, q_dtype, IS_INT), mask=mask)
+                tl.store(s_ptr + row.to(tl.int64) * stride_sm + g_idx, s, mask=g_idx * GROUP < n_cols)
+        else:
+            if MODE == 2:
+                m = tl.zeros((BLOCK,), tl.float32)
+                for c0 in range(0, n_cols, BLOCK):
+                    cols = c0 + tl.arange(0, BLOCK)
+                    v = _load_row_chunk(x_ptr, row, cols, cols < n_cols, stride_xm, n_cols, HAS_SILU)
+                    m = tl.maximum(m, tl.abs(v))
+                s = tl.maximum(tl.math.div_rn(tl.max(m, axis=0), QMAX), MIN_S)
+                tl.store(s_ptr + row.to(tl.int64) * stride_sm, s)
+            elif MODE == 1:
+                s = tl.maximum(tl.math.div_rn(tl.load(s_ptr), QMAX), MIN_S)
+            else:
+                s = tl.load(s_ptr)
+            for c0 in range(0, n_cols, BLOCK):
+                cols = c0 + tl.arange(0, BLOCK)
+                mask = cols < n_cols
+                v = _load_row_chunk(x_ptr, row, cols, mask, stride_xm, n_cols, HAS_SILU)
+                tl.store(q_row + cols, _to_q(v, s, QMAX, q_dtype, IS_INT), mask=mask)
+
+
+@triton.jit
+def _finish_tensor_scale_kernel(amax_ptr, QMAX: tl.constexpr, MIN_S: tl.constexpr):
+    tl.store(amax_ptr, tl.maximum(tl.math.div_rn(tl.load(amax_ptr), QMAX), MIN_S))
+
+
+def quantize_activations(x: torch.Tensor, q_dtype: torch.dtype = FP8_DTYPE, *, scale: torch.Tensor | None = None,
+                         per_token: bool = False, group_size: int | None = None, silu_and_mul: bool = False,
+                         topk_ids: torch.Tensor | None = None, num_experts: int = 0):
+    """Quantize ``x [rows, C]`` (or ``silu(x[:, :C/2]) * x[:, C/2:]`` with ``silu_and_mul``) to ``q_dtype``.
+
+    Mode as :func:`moejit.reference.fp8_quant_ref`: static ``scale``, ``per_token``, ``group_size`` groups, or dynamic
+    per tensor. ``topk_ids`` (with ``num_experts``) masks rows: rows of dropped slots are skipped (their output is
+    left unwritten) and excluded from a per-tensor amax. Returns ``(q [rows, C'], scale float32)`` with the scale
+    shaped ``[1]``, ``[rows, 1]`` or ``[rows, C'/group_size]``. No host synchronization; graph-capturable.
+    """
+    rows, width = x.shape
+    n_cols = width // 2 if silu_and_mul else width
+    qmax = qmax_of(q_dtype)
+    is_int = q_dtype == torch.int8
+    q = torch.empty((rows, n_cols), dtype=q_dtype, device=x.device)
+    has_ids = topk_ids is not None
+    ids = topk_ids.reshape(-1) if has_ids else q  # a dummy pointer when unused
+    if has_ids and ids.numel() != rows:
+        raise ValueError(f"topk_ids has {ids.numel()} slots but x has {rows} rows")
+    block = min(triton.next_power_of_2(max(n_cols, 16)), 2048)
+    common = dict(HAS_SILU=silu_and_mul, HAS_IDS=has_ids, QMAX=qmax, IS_INT=is_int, MIN_S=MIN_SCALE)
+    if group_size is not None:
+        if n_cols % group_size or group_size & (group_size - 1):
+            raise ValueError(f"group_size {group_size} must be a power of two dividing {n_cols}")
+        s = torch.empty((rows, n_cols // group_size), dtype=torch.float32, device=x.device)
+        mode, block = GROUP, max(block, group_size)
+        stride_sm = s.stride(0)
+    elif scale is not None:
+        s, mode, stride_sm = scale.reshape(1).float(), STATIC_TENSOR, 0
+    elif per_token:
+        s = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+        mode, stride_sm = PER_TOKEN, 1
+    else:
+        s = torch.zeros(1, dtype=torch.float32, device=x.device)
+        mode, stride_sm = DYNAMIC_TENSOR, 0
+        if rows:
+            _amax_kernel[(rows,)](x, s, ids, x.stride(0), n_cols, num_experts, HAS_SILU=silu_and_mul,
+                                  HAS_IDS=has_ids, BLOCK=block, num_warps=4)
+    if rows:
+        _quant_rows_kernel[(rows,)](x, q, s, ids, x.stride(0), q.stride(0), stride_sm, n_cols, num_experts,
+                                    MODE=mode, BLOCK=block, GROUP=group_size or 1, num_warps=4, **common)
+    if mode == DYNAMIC_TENSOR:
+        _finish_tensor_scale_kernel[(1,)](s, QMAX=qmax, MIN_S=MIN_SCALE)
+    return q, s

@@ -1,0 +1,244 @@
+"""``moejit tune``: search fused-MoE kernel configs on the current GPU and write the tables the layer reads.
+
+For every model × TP size × quantization mode, and every batch size M, the whole layer
+(:func:`moejit.moe.triton_fp8._triton_moe_fp8_impl` with a fixed config) is timed with CUDA graphs
+(:func:`moejit.bench.timing.time_cuda_graph`) over a pruned space, in two rounds:
+
+1. tiles: BLOCK_SIZE_M from the expected rows per expert (``M·topk/E``; at most three sizes), BLOCK_SIZE_N
+   ∈ {64, 128, 256}, with warps/stages chosen for the tile;
+2. around the best tile, one parameter at a time: num_warps ∈ {4, 8}, num_stages ∈ {3, 4, 5}, GROUP_SIZE_M
+   ∈ {1, 16}, BLOCK_SIZE_K ∈ {64, 128}.
+
+That is ~20 configs per M (each a Triton compile of two GEMM variants plus a short timing), so a model's default
+batch sizes tune in minutes. Configs that fail to compile or run (shared memory, registers) are skipped. The table
+goes to ``<moejit cache>/triton_configs`` (searched by the layer before the shipped tables) and, with
+``--output DIR``, also to DIR (e.g. ``moejit/triton/configs`` to ship it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from moejit.triton import configs as cfgs
+
+DEFAULT_BATCH_SIZES = (1, 4, 16, 64, 256, 1024, 2048, 4096, 8192)
+QUANT_MODES = ("token_channel", "tensor_tensor", "tensor_channel", "token_tensor", "block128x128")
+SMEM_LIMIT = 220 * 1024  # bytes of shared memory per CTA on Hopper (227 KB), with room for the epilogue
+
+try:  # the bench CLI's "--models a b c" parsing (several values after one flag); plain repeatable options otherwise
+    from moejit.bench.options import MultiOption, MultiValueCommand
+except ImportError:  # pragma: no cover - only while the bench package lacks it
+    MultiOption, MultiValueCommand = None, click.Command
+
+
+def _multi(*names, **kw):
+    if MultiOption is not None:
+        return click.option(*names, cls=MultiOption, **kw)
+    return click.option(*names, multiple=True, **kw)
+
+
+def smem_bytes(cfg: dict, silu_mul: bool = True, elem_bytes: int = 1) -> int:
+    """Shared memory of the software pipeline: stages × (A tile + W tile(s)) of 1-byte elements."""
+    w_tiles = 2 if silu_mul else 1
+    return cfg["num_stages"] * elem_bytes * cfg["BLOCK_SIZE_K"] * (cfg["BLOCK_SIZE_M"] + w_tiles *
+                                                                    cfg["BLOCK_SIZE_N"])
+
+
+def tile_candidates(m: int, e: int, topk: int, block_shape=None) -> list[dict]:
+    """Round 1: BLOCK_SIZE_M around the expected rows per expert × BLOCK_SIZE_N ∈ {64, 128, 256}."""
+    rows = m * topk / max(e, 1)
+    bms = [bm for bm in (16, 32, 64, 128) if bm <= max(16, 2 * rows) and (bm >= 64 or rows < 512)]
+    bms = bms[-3:]
+    bk = 128 if block_shape is None else min(128, block_shape[1])
+    out = []
+    for bm in bms:
+        for bn in (64, 128, 256):
+            warps = 4 if bm * bn <= 64 * 128 else 8
+            c = dict(BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=1 if bm <= 32 else 16,
+                     num_warps=warps, num_stages=4 if bm <= 32 else 3)
+            while smem_bytes(c) > SMEM_LIMIT and c["num_stages"] > 2:
+                c["num_stages"] -= 1
+            out.append(c)
+    return out
+
+
+def refine_candidates(best: dict, block_shape=None) -> list[dict]:
+    """Round 2: one parameter at a time around the best tile."""
+    out = []
+    for key, values in (("num_warps", (4, 8)), ("num_stages", (3, 4, 5)), ("GROUP_SIZE_M", (1, 16)),
+                        ("BLOCK_SIZE_K", (64, 128))):
+        for v in values:
+            c = dict(best, **{key: v})
+            if key == "BLOCK_SIZE_K" and block_shape is not None and block_shape[1] % v:
+                continue
+            if c != best and smem_bytes(c) <= SMEM_LIMIT and c not in out:
+                out.append(c)
+    return out
+
+
+def _mode_args(mode: str):
+    if mode.startswith("block"):
+        bn, bk = (int(x) for x in mode[len("block"):].split("x"))
+        return False, False, (bn, bk)
+    act, w = mode.split("_")
+    return act == "token", w == "channel", None
+
+
+def _make_inputs(e, topk, k, n, m, per_out_ch, block_shape, q_dtype, gen):
+    import torch
+
+    def weights(n_out, k_in):
+        w = torch.empty(e, n_out, k_in, dtype=q_dtype, device="cuda")
+        for i in range(e):
+            x = torch.randn(n_out, k_in, device="cuda", generator=gen, dtype=torch.bfloat16) * 32
+            w[i] = x.clamp(-127, 127).round().to(q_dtype) if q_dtype == torch.int8 else x.to(q_dtype)
+        if block_shape is not None:
+            shape = (e, -(-n_out // block_shape[0]), -(-k_in // block_shape[1]))
+        else:
+            shape = (e, n_out) if per_out_ch else (e,)
+        return w, torch.full(shape, 1 / (32 * k_in ** 0.5), device="cuda")
+
+    w1, s1 = weights(2 * n, k)
+    w2, s2 = weights(k, n)
+    a = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    tw, ids = torch.topk(torch.softmax(torch.randn(m, e, device="cuda", generator=gen), -1), topk, dim=-1)
+    return a, w1, w2, tw, ids.to(torch.int32), s1, s2
+
+
+def time_config(inputs, mode_args, cfg, iters: int) -> float | None:
+    """µs per layer call with ``cfg`` (None if it fails to compile or run)."""
+    import torch
+
+    from moejit.bench.timing import time_cuda_graph
+    from moejit.moe.triton_fp8 import _fused_moe_quantized
+
+    a, w1, w2, tw, ids, s1, s2 = inputs
+    per_token, per_ch, block = mode_args
+    fn = lambda: _fused_moe_quantized(a, w1, w2, tw, ids, s1, s2, None, None, per_token, per_ch, block,  # noqa
+                                      a.dtype, cfg)
+    try:
+        return time_cuda_graph(fn, ops_per_graph=10, warmup=2, iters=iters).median_us
+    except Exception as exc:  # noqa: BLE001 - out of shared memory / registers: skip the config
+        torch.cuda.synchronize()
+        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        click.echo(f"  skipped {cfg}: {msg}", err=True)
+        return None
+
+
+def tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress=None, task=None, log=print) -> dict:
+    """Best config per batch size for one layer shape; returns ``{M: config}``."""
+    import torch
+
+    mode_args = _mode_args(mode)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    table = {}
+    inputs = None
+    for m in batch_sizes:
+        if inputs is None:
+            inputs = _make_inputs(e, topk, k, n, m, mode_args[1], mode_args[2], q_dtype, gen)
+        else:  # keep the weights, new activations and routing for this M
+            a = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+            tw, ids = torch.topk(torch.softmax(torch.randn(m, e, device="cuda", generator=gen), -1), topk, dim=-1)
+            inputs = (a, inputs[1], inputs[2], tw, ids.to(torch.int32), inputs[5], inputs[6])
+        results = []
+        for cands in (tile_candidates(m, e, topk, mode_args[2]), None):
+            if cands is None:
+                if not results:
+                    break
+                cands = refine_candidates(min(results, key=lambda r: r[0])[1], mode_args[2])
+            for cfg in cands:
+                us = time_config(inputs, mode_args, cfg, iters)
+                if us is not None:
+                    results.append((us, cfg))
+                if progress is not None:
+                    progress.advance(task)
+        if not results:
+            raise click.ClickException(f"no config ran for M={m}, E={e}, N={n}, K={k}")
+        us, best = min(results, key=lambda r: r[0])
+        heuristic = cfgs.heuristic_config(m, e, n, k, topk, mode_args[2])
+        h_us = next((u for u, c in results if c == heuristic), None)
+        log(f"M={m}: best {us:.1f} us {best}" + (f" (heuristic {h_us:.1f} us)" if h_us else ""))
+        table[m] = best
+    return table
+
+
+def write_table(table: dict, path: Path, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"_meta": meta, **{str(m): c for m, c in sorted(table.items())}}
+    path.write_text(json.dumps(body, indent=1) + "\n")
+
+
+@click.command(cls=MultiValueCommand)
+@_multi("--models", default=("qwen3.6-35b-a3b",), show_default=True,
+        help="Model names from the registry (moejit.bench.models) or config.json paths; several after one flag.")
+@_multi("--tp-sizes", type=int, default=(1,), show_default=True, help="Tensor-parallel sizes (divide N).")
+@_multi("--batch-sizes", type=int, default=DEFAULT_BATCH_SIZES, show_default=True, help="Batch sizes M to tune.")
+@click.option("--shape", "shapes", multiple=True, metavar="E,TOPK,K,N",
+              help="A layer shape instead of (or besides) --models: experts, top-k, hidden K, intermediate N.")
+@_multi("--quant", "quant_modes", type=click.Choice(QUANT_MODES), default=("token_channel",), show_default=True,
+        help="Quantization modes to tune.")
+@click.option("--dtype", "qdtype", type=click.Choice(["fp8", "int8"]), default="fp8", show_default=True)
+@click.option("--iters", type=int, default=10, show_default=True, help="Timed graph replays per config.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write the tables into this folder (e.g. moejit/triton/configs to ship them).")
+def tune(models, tp_sizes, batch_sizes, shapes, quant_modes, qdtype, iters, output):
+    """Tune the Triton fused-MoE kernel configs on this GPU and save them where the layer finds them."""
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console()
+    if not torch.cuda.is_available():
+        raise click.ClickException("moejit tune needs a CUDA GPU")
+    q_dtype = torch.float8_e4m3fn if qdtype == "fp8" else torch.int8
+    dtype_name = {"fp8": "fp8_w8a8", "int8": "int8_w8a8"}[qdtype]
+    todo = []  # (label, E, topk, K, N)
+    for spec in shapes:
+        try:
+            e, topk, k, n = (int(x) for x in spec.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{spec!r} is not E,TOPK,K,N", param_hint="--shape") from None
+        todo.append((f"shape {spec}", e, topk, k, n))
+    if models and not (shapes and models == ("qwen3.6-35b-a3b",)):
+        from moejit.bench.models import resolve_models
+
+        try:
+            resolved = resolve_models(list(models))
+        except Exception as exc:  # noqa: BLE001 - ModelError with a clear message
+            raise click.ClickException(str(exc)) from exc
+        for shape in resolved:
+            for tp in tp_sizes:
+                try:
+                    s = shape.shard(tp)
+                except Exception as exc:  # noqa: BLE001
+                    raise click.ClickException(str(exc)) from exc
+                todo.append((f"{shape.name} TP={tp}", s.num_experts, s.topk, s.hidden, s.intermediate))
+    device = cfgs.device_name()
+    console.print(f"tuning on [bold]{torch.cuda.get_device_name()}[/] ({len(todo)} shapes × {len(quant_modes)} "
+                  f"modes × {len(batch_sizes)} batch sizes)")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        for label, e, topk, k, n in todo:
+            for mode in quant_modes:
+                mode_args = _mode_args(mode)
+                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 8 for m in batch_sizes)
+                task = progress.add_task(f"{label} {mode}", total=total)
+                table = tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress, task,
+                                   log=progress.console.print)
+                progress.update(task, completed=total)
+                name = cfgs.config_file_name(e, n, k, topk, device, dtype_name, mode)
+                meta = dict(device=torch.cuda.get_device_name(), E=e, N=n, K=k, topk=topk, dtype=dtype_name,
+                            quant=mode, tool="moejit tune")
+                paths = [cfgs.user_config_dir() / name] + ([output / name] if output else [])
+                for path in paths:
+                    write_table(table, path, meta)
+                    progress.console.print(f"wrote {path}")
+    cfgs.load_table.cache_clear()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(tune())

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Time moejit.ops.triton_moe_fp8 (FP8 per-token × per-channel, whole layer, µs per call from a 10-call CUDA graph,
+median of the replays) on issue 4's shapes, next to the issue's vLLM Triton figures (one H200, vLLM's own tuned
+fused_moe kernel). Not a test: prints numbers. Optional stage breakdown and alignment timings.
+
+    python scripts/bench_triton_fp8.py [--only mixtral-8x7b] [--breakdown] [--align] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+# (model, TP) -> {M: vLLM µs} from issue 4 (H200, vLLM Triton fused_moe tuned, per-token × per-channel)
+VLLM_US = {
+    ("mixtral-8x7b", 1): {4: 360, 64: 480, 2048: 2564, 8192: 9207},
+    ("qwen3.6-35b-a3b", 1): {4: 134, 64: 320, 1024: 508, 8192: 1638},
+    ("deepseek-v3", 1): {64: 2487, 8192: 10139},
+}
+FALLBACK_SHAPES = {"mixtral-8x7b": (8, 2, 4096, 14336), "qwen3.6-35b-a3b": (256, 8, 2048, 512),
+                   "deepseek-v3": (256, 8, 7168, 2048)}
+
+
+def model_shape(name: str, tp: int):
+    """(E, topk, K, N) from moejit.bench.models (imported lazily), else the built-in copy."""
+    try:
+        from moejit.bench.models import get_model
+
+        s = get_model(name).shard(tp)
+        return s.num_experts, s.topk, s.hidden, s.intermediate
+    except ImportError:
+        e, topk, k, n = FALLBACK_SHAPES[name]
+        return e, topk, k, n // tp
+
+
+def random_fp8_weights(e, n_out, k, gen):
+    """Random e4m3 weights with per-output-channel scales, generated per expert (a full float copy of DeepSeek-V3's
+    weights would not fit)."""
+    w = torch.empty(e, n_out, k, dtype=torch.float8_e4m3fn, device="cuda")
+    for i in range(e):
+        w[i] = (torch.randn(n_out, k, device="cuda", generator=gen, dtype=torch.bfloat16) * 64).to(w.dtype)
+    scale = torch.rand(e, n_out, device="cuda", generator=gen) * (1 / (64 * k ** 0.5)) + 1 / (128 * k ** 0.5)
+    return w, scale
+
+
+def make_layer(e, topk, k, n, m, gen):
+    w1, s1 = random_fp8_weights(e, 2 * n, k, gen)
+    w2, s2 = random_fp8_weights(e, k, n, gen)
+    a = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+    scores = torch.randn(m, e, device="cuda", generator=gen)
+    tw, ids = torch.topk(torch.softmax(scores, -1), topk, dim=-1)
+    return a, w1, w2, tw, ids.to(torch.int32), s1, s2
+
+
+def stage_fns(a, w1, w2, tw, ids, s1, s2):
+    """Callables for each stage of the layer (same calls as moejit.moe.triton_fp8), for a breakdown."""
+    from moejit.moe.triton_fp8 import _QUANT_NAMES
+    from moejit.triton import configs
+    from moejit.triton.align import align_block_size
+    from moejit.triton.fused_moe import A_ROW, W_CHANNEL, invoke_fused_moe_gemm, moe_sum
+    from moejit.triton.quant import quantize_activations
+
+    m, k = a.shape
+    e, two_n, _ = w1.shape
+    n = two_n // 2
+    topk = ids.shape[1]
+    cfg = configs.get_config(m, e, n, k, topk, _QUANT_NAMES[w1.dtype], "token_channel")
+    al = align_block_size(ids, e, cfg["BLOCK_SIZE_M"])
+    aq, as_ = quantize_activations(a, per_token=True)
+    inter = torch.empty(m * topk, n, dtype=a.dtype, device="cuda")
+    iq, is_ = quantize_activations(inter.normal_(), per_token=True)
+    y = torch.empty(m * topk, k, dtype=a.dtype, device="cuda")
+    out = torch.empty(m, k, dtype=a.dtype, device="cuda")
+    return cfg, {
+        "align": lambda: align_block_size(ids, e, cfg["BLOCK_SIZE_M"]),
+        "quant1": lambda: quantize_activations(a, per_token=True),
+        "gemm1+silu": lambda: invoke_fused_moe_gemm(aq, w1, inter, as_, s1, None, al, topk, A_ROW, W_CHANNEL, cfg,
+                                                    silu_mul=True),
+        "quant2": lambda: quantize_activations(inter, per_token=True, topk_ids=ids, num_experts=e),
+        "gemm2": lambda: invoke_fused_moe_gemm(iq, w2, y, is_, s2, tw, al, 1, A_ROW, W_CHANNEL, cfg),
+        "sum": lambda: moe_sum(y, ids, e, out),
+    }
+
+
+def main() -> int:
+    from moejit.bench.timing import time_cuda_graph
+    from moejit.ops import triton_moe_fp8
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="model names to run (default: all three)")
+    ap.add_argument("--breakdown", action="store_true", help="also time each stage separately")
+    ap.add_argument("--align", action="store_true", help="time the block alignment alone over M and E")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+
+    gpu = torch.cuda.get_device_name()
+    print(f"GPU: {gpu}; torch {torch.__version__}", flush=True)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    results = []
+    for (name, tp), vllm in VLLM_US.items():
+        if args.only and name not in args.only:
+            continue
+        e, topk, k, n = model_shape(name, tp)
+        w = None
+        for m, ref_us in vllm.items():
+            if w is None:
+                a, w1, w2, tw, ids, s1, s2 = make_layer(e, topk, k, n, m, gen)
+                w = (w1, w2, s1, s2)
+            else:
+                w1, w2, s1, s2 = w
+                a = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+                scores = torch.randn(m, e, device="cuda", generator=gen)
+                tw, ids = torch.topk(torch.softmax(scores, -1), topk, dim=-1)
+                ids = ids.to(torch.int32)
+            fn = lambda: triton_moe_fp8(a, w1, w2, tw, ids, s1, s2, per_act_token=True, per_out_ch=True)  # noqa
+            out = fn()
+            assert torch.isfinite(out).all(), "non-finite output"
+            t = time_cuda_graph(fn, ops_per_graph=10, iters=args.iters)
+            row = dict(model=name, tp=tp, E=e, topk=topk, K=k, N=n, M=m, us=round(t.median_us, 1),
+                       p10=round(t.p10_us, 1), p90=round(t.p90_us, 1), vllm_us=ref_us,
+                       speedup=round(ref_us / t.median_us, 2))
+            if args.breakdown:
+                cfg, fns = stage_fns(a, w1, w2, tw, ids, s1, s2)
+                row["config"] = cfg
+                row["stages"] = {s: round(time_cuda_graph(f, iters=20).median_us, 1) for s, f in fns.items()}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+        del w
+        torch.cuda.empty_cache()
+
+    if args.align:
+        from moejit.triton.align import align_block_size
+
+        for e in (8, 64, 256, 384):
+            for m in (1, 64, 1024, 8192):
+                ids = torch.randint(0, e, (m, 8 if e > 8 else 2), device="cuda", dtype=torch.int32)
+                t = time_cuda_graph(lambda: align_block_size(ids, e, 64), iters=20)
+                results.append(dict(align=True, E=e, M=m, us=round(t.median_us, 2)))
+                print(f"align E={e} M={m}: {t.median_us:.2f} us", flush=True)
+
+    print(f"\n| model | TP | M | moejit Triton µs (p10-p90) | vLLM µs | vLLM/ours |   ({gpu})")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        if "model" in r:
+            print(f"| {r['model']} | {r['tp']} | {r['M']} | {r['us']} ({r['p10']}-{r['p90']}) | {r['vllm_us']} | "
+                  f"{r['speedup']}× |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(gpu=gpu, results=results), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""CPU tests of the Triton FP8 MoE path: config tables and heuristic, the alignment's shape math and reference,
+argument validation that needs no GPU, and the kernels themselves under TRITON_INTERPRET=1 (in a subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from moejit.triton import configs
+from moejit.triton.align import align_block_size_ref, max_padded_size
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_max_padded_size():
+    assert max_padded_size(0, 8, 16) == 8 * 16  # rounded up to whole blocks: 8*15 -> 128
+    assert max_padded_size(10, 4, 16) == 80  # 10 + 60 = 70 -> 80
+    assert max_padded_size(8192 * 8, 384, 64) % 64 == 0
+    assert max_padded_size(8192 * 8, 384, 64) >= 8192 * 8 + 384 * 63
+
+
+def test_align_ref(seeded):
+    ids = torch.randint(0, 5, (37, 3), generator=seeded, dtype=torch.int32)
+    ids[0, 0] = -1
+    sorted_ids, expert_ids, total = align_block_size_ref(ids, 5, 16)
+    counts = torch.bincount(ids[ids >= 0].long(), minlength=5)
+    assert total.item() == int(((counts + 15) // 16 * 16).sum())
+    live = sorted_ids[: total.item()]
+    real = live[live < ids.numel()]
+    assert sorted(real.tolist()) == sorted(torch.nonzero(ids.reshape(-1) >= 0).flatten().tolist())
+    for b in range(total.item() // 16):  # each block holds slots of its expert only
+        blk = sorted_ids[b * 16:(b + 1) * 16]
+        blk = blk[blk < ids.numel()]
+        assert (ids.reshape(-1)[blk.long()] == expert_ids[b]).all()
+    assert (expert_ids[total.item() // 16:] == -1).all()
+
+
+def test_quant_mode_names():
+    assert configs.quant_mode(True, True, None) == "token_channel"
+    assert configs.quant_mode(False, False, None) == "tensor_tensor"
+    assert configs.quant_mode(False, False, (128, 128)) == "block128x128"
+    name = configs.config_file_name(8, 14336, 4096, 2, "NVIDIA_H200", "fp8_w8a8", "token_channel")
+    assert name == "E=8,N=14336,K=4096,topk=2,device_name=NVIDIA_H200,dtype=fp8_w8a8,quant=token_channel.json"
+
+
+@pytest.mark.parametrize("m", [1, 4, 64, 512, 2048, 8192])
+@pytest.mark.parametrize("e,topk,k", [(8, 2, 4096), (256, 8, 2048), (256, 8, 7168), (128, 8, 16)])
+def test_heuristic_is_valid(m, e, topk, k):
+    cfg = configs.validate_config(configs.heuristic_config(m, e, 512, k, topk))
+    assert cfg["BLOCK_SIZE_K"] <= max(16, triton_next_pow2(k))
+    block = configs.validate_config(configs.heuristic_config(m, e, 512, k, topk, block_shape=(128, 64)))
+    assert 64 % block["BLOCK_SIZE_K"] == 0
+    # more rows per expert never picks a smaller M tile
+    bigger = configs.heuristic_config(m * 16, e, 512, k, topk)
+    assert bigger["BLOCK_SIZE_M"] >= cfg["BLOCK_SIZE_M"]
+
+
+def triton_next_pow2(x):
+    return 1 << (x - 1).bit_length()
+
+
+def _write_table(d: Path, device: str, entries: dict) -> None:
+    name = configs.config_file_name(8, 1024, 2048, 2, device, "fp8_w8a8", "token_channel")
+    (d / name).write_text(json.dumps(entries))
+
+
+def test_table_lookup_nearest_and_precedence(tmp_path, monkeypatch):
+    cfg = lambda bm: dict(BLOCK_SIZE_M=bm, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1,  # noqa: E731
+                          num_warps=4, num_stages=3)
+    user, env = tmp_path / "user", tmp_path / "env"
+    user.mkdir()
+    env.mkdir()
+    monkeypatch.setenv("MOEJIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(configs, "user_config_dir", lambda: user)
+    _write_table(user, "FakeGPU", {"1": cfg(16), "64": cfg(32), "1024": cfg(64), "_comment": "ignored"})
+    configs.load_table.cache_clear()
+    get = lambda m: configs.get_config(m, 8, 1024, 2048, 2, "fp8_w8a8", "token_channel", device="FakeGPU")  # noqa
+    assert get(1)["BLOCK_SIZE_M"] == 16
+    assert get(40)["BLOCK_SIZE_M"] == 32  # nearest key
+    assert get(100000)["BLOCK_SIZE_M"] == 64
+    # block scales clamp BLOCK_SIZE_K to the scale group
+    assert configs.get_config(1, 8, 1024, 2048, 2, "fp8_w8a8", "token_channel", (128, 64),
+                              device="FakeGPU")["BLOCK_SIZE_K"] == 64
+    # $MOEJIT_TRITON_CONFIG_DIR wins over the user table
+    _write_table(env, "FakeGPU", {"1": cfg(128)})
+    monkeypatch.setenv("MOEJIT_TRITON_CONFIG_DIR", str(env))
+    configs.load_table.cache_clear()
+    assert get(64)["BLOCK_SIZE_M"] == 128
+    # unknown device: the heuristic
+    configs.load_table.cache_clear()
+    assert configs.get_config(64, 8, 1024, 2048, 2, "fp8_w8a8", "token_channel", device="Other") == \
+        configs.heuristic_config(64, 8, 1024, 2048, 2)
+
+
+def test_bad_table_is_rejected():
+    with pytest.raises(ValueError, match="BLOCK_SIZE_N"):
+        configs.parse_table(json.dumps({"1": dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=48, BLOCK_SIZE_K=128,
+                                                  GROUP_SIZE_M=1, num_warps=4, num_stages=3)}))
+    with pytest.raises(ValueError, match="lacks"):
+        configs.parse_table(json.dumps({"1": dict(BLOCK_SIZE_M=16)}))
+
+
+def test_shipped_tables_parse():
+    for path in configs.PACKAGE_CONFIG_DIR.glob("*.json"):
+        table = configs.parse_table(path.read_text())
+        assert table, path
+
+
+def test_validation_on_cpu_tensors():
+    """Validation runs before anything touches a GPU: CPU tensors are rejected with a clear error."""
+    from moejit.errors import MoejitInputError
+    from moejit.moe.triton_fp8 import triton_moe_fp8
+
+    a = torch.randn(4, 64, dtype=torch.bfloat16)
+    w1 = torch.zeros(2, 64, 64).to(torch.float8_e4m3fn)
+    w2 = torch.zeros(2, 64, 32).to(torch.float8_e4m3fn)
+    ids = torch.zeros(4, 1, dtype=torch.int32)
+    with pytest.raises(MoejitInputError, match="CUDA"):
+        triton_moe_fp8(a, w1, w2, torch.ones(4, 1), ids, torch.ones(2), torch.ones(2))
+
+
+@pytest.mark.skipif(os.environ.get("MOEJIT_SKIP_INTERPRETER") == "1", reason="MOEJIT_SKIP_INTERPRETER=1")
+def test_kernels_under_interpreter():
+    """Alignment, quantization, the fused GEMM in every scale mode, and the whole layer, on the CPU."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                           str(ROOT / "tests" / "triton_interp_cases.py")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    print(proc.stdout[-4000:], proc.stderr[-2000:])
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("m,e,topk", [(1, 8, 2), (64, 256, 8), (8192, 8, 2), (8192, 256, 8), (4, 384, 8)])
+def test_tune_space_is_pruned(m, e, topk):
+    from moejit.triton import tune
+
+    tiles = tune.tile_candidates(m, e, topk)
+    assert 3 <= len(tiles) <= 9
+    for c in tiles + tune.refine_candidates(tiles[0]):
+        configs.validate_config(c)
+        assert tune.smem_bytes(c) <= tune.SMEM_LIMIT
+    assert len(tune.refine_candidates(tiles[0])) <= 8
+    rows = m * topk / e
+    assert all(c["BLOCK_SIZE_M"] <= max(16, 2 * rows) for c in tiles)
+    block = tune.tile_candidates(m, e, topk, (128, 64))
+    assert all(c["BLOCK_SIZE_K"] == 64 for c in block)
+    assert all(64 % c["BLOCK_SIZE_K"] == 0 for c in tune.refine_candidates(block[0], (128, 64)))
+
+
+def test_tune_mode_args_and_cli():
+    from click.testing import CliRunner
+
+    from moejit.cli import main
+    from moejit.triton.tune import QUANT_MODES, _mode_args
+
+    assert _mode_args("token_channel") == (True, True, None)
+    assert _mode_args("tensor_tensor") == (False, False, None)
+    assert _mode_args("block128x128") == (False, False, (128, 128))
+    for mode in QUANT_MODES:
+        per_token, per_ch, block = _mode_args(mode)
+        assert configs.quant_mode(per_token, per_ch, block) == mode
+    result = CliRunner().invoke(main, ["tune", "--help"])
+    assert result.exit_code == 0 and "--batch-sizes" in result.output and "--shape" in result.output
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(main, ["tune", "--shape", "8,2,128,128", "--batch-sizes", "1"])
+        assert result.exit_code != 0 and "needs a CUDA GPU" in result.output
+
+
+def test_write_table_roundtrip(tmp_path):
+    from moejit.triton.tune import write_table
+
+    cfg = configs.heuristic_config(64, 8, 1024, 2048, 2)
+    path = tmp_path / "t.json"
+    write_table({64: cfg, 1: cfg}, path, {"device": "x"})
+    assert configs.parse_table(path.read_text()) == {1: cfg, 64: cfg}
