@@ -196,14 +196,22 @@ def run_bench(console: Console, configs, backends, opts, json_path=None, csv_pat
     from moejit.bench.sweep import Sweep
 
     if ceilings is None:
-        with console.status("measuring the device's copy bandwidth and FP8 matmul rate (cached per device)"):
-            ceilings = roofline.get_ceilings((rate_kind,), refresh=refresh_ceilings)
+        try:
+            with console.status(f"measuring the device's copy bandwidth and {rate_kind} matmul rate (cached per "
+                                "device)"):
+                ceilings = roofline.get_ceilings((rate_kind,), refresh=refresh_ceilings)
+        except Exception as exc:  # noqa: BLE001 - the sweep is still worth running without roofline columns
+            console.print(f"[yellow]could not measure the device ceilings ({type(exc).__name__}: {exc}); the "
+                          "roofline columns stay empty[/]", highlight=False)
+            ceilings = None
     env = report.environment(ceilings, rate_kind)
     console.print(f"[bold]moejit bench[/] on {env.get('gpu')} · driver {env.get('driver')} · "
                   f"CUDA {env.get('cuda')} · torch {env.get('torch')} · triton {env.get('triton')} · moejit {env.get('moejit_version')} "
                   f"({env.get('git_rev')})", highlight=False)
-    console.print(f"ceilings{' (cached)' if ceilings.cached else ''}: copy {ceilings.copy_gbps:,.0f} GB/s, "
-                  f"{rate_kind} matmul {ceilings.rate(rate_kind):,.0f} TFLOP/s", highlight=False)
+    if ceilings is not None:
+        console.print(f"ceilings{' (cached)' if ceilings.cached else ''}: copy {ceilings.copy_gbps:,.0f} GB/s, "
+                      f"{rate_kind} matmul {ceilings.rate(rate_kind):,.0f} TFLOP/s (roofline floor = "
+                      "max(bytes / copy bandwidth, FLOPs / matmul rate))", highlight=False)
     sweep = None
     with SweepProgress(console, 0) as progress:
         sweep = Sweep(configs, backends, opts, device=device, ceilings=ceilings, timer=timer, progress=progress,
@@ -216,7 +224,8 @@ def run_bench(console: Console, configs, backends, opts, json_path=None, csv_pat
         results = sweep.run()
     report.print_results(console, results)
     if json_path:
-        report.write_json(json_path, results, env, extra={"ceilings": ceilings.as_dict()})
+        report.write_json(json_path, results, env,
+                          extra={"ceilings": ceilings.as_dict() if ceilings is not None else None})
         console.print(f"wrote {json_path}", highlight=False)
     if csv_path:
         report.write_csv(csv_path, results, env)

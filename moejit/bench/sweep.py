@@ -464,7 +464,8 @@ class Sweep:
             out = fns[0]()
         if ref is not None:
             self.progress("check", f"{label} {backend.label}: check vs float32 reference", 0)
-            result.error = rel_error(out, ref)
+            with nvtx_range(f"{label} {backend.name} check", self.opts.profile):
+                result.error = rel_error(out, ref)
             result.tolerance = self.opts.tolerance
             result.error_ok = bool(result.error <= self.opts.tolerance)
             if not result.error_ok:
