@@ -219,3 +219,14 @@ def test_run_bench_end_to_end_on_cpu(tmp_path):
     data = json.loads(out_json.read_text())
     assert len(data["records"]) == 8 and data["ceilings"]["copy_gbps"] == 1000.0
     assert out_csv.read_text().count("\n") == 9
+
+
+def test_interrupt_keeps_the_finished_cells():
+    class Interrupting(FakeBackend):
+        def prepare(self, inputs, quant):
+            if inputs.a.shape[0] == 16:
+                raise KeyboardInterrupt
+            return super().prepare(inputs, quant)
+
+    s, results, _ = run([Interrupting("good")], batch_sizes=(4, 8, 16, 32), pat=(False,), poc=(False,))
+    assert s.interrupted and [r.batch_size for r in results] == [4, 8]

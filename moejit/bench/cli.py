@@ -7,7 +7,9 @@ calls captured per CUDA graph. Options that take several values take them after 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -188,6 +190,24 @@ def _dry_run(console: Console, configs, backends, opts) -> None:
     console.print("backends: " + "; ".join(avail), highlight=False)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM (e.g. from `timeout`) into KeyboardInterrupt while the sweep runs, so the cells measured so
+    far are still printed and exported."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_bench(console: Console, configs, backends, opts, json_path=None, csv_path=None, plot_path=None,
               refresh_ceilings: bool = False, ceilings=None, device="cuda", timer=None, rate_kind: str = "fp8"):
     """Measure (or load) the ceilings, run the sweep with progress, print the tables and summary, write the
@@ -221,11 +241,16 @@ def run_bench(console: Console, configs, backends, opts, json_path=None, csv_pat
         for name, (ok, reason) in sweep.availability.items():
             if not ok:
                 console.print(f"[yellow]{name}: n/a[/] ({reason})", highlight=False)
-        results = sweep.run()
+        with _sigterm_as_interrupt():
+            results = sweep.run()
+    if sweep.interrupted:
+        console.print(f"[bold yellow]interrupted:[/] {len(results)} of {sweep.total_cells} cells finished; "
+                      "reporting those", highlight=False)
     report.print_results(console, results)
     if json_path:
         report.write_json(json_path, results, env,
-                          extra={"ceilings": ceilings.as_dict() if ceilings is not None else None})
+                          extra={"ceilings": ceilings.as_dict() if ceilings is not None else None,
+                                 "interrupted": sweep.interrupted, "planned_cells": sweep.total_cells})
         console.print(f"wrote {json_path}", highlight=False)
     if csv_path:
         report.write_csv(csv_path, results, env)

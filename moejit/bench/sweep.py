@@ -305,6 +305,7 @@ class Sweep:
         self.device, self.ceilings, self.progress, self.rate_kind = device, ceilings, progress, rate_kind
         self.timer = timer or time_cuda_graph
         self.results: list[CellResult] = []
+        self.interrupted = False
         self.availability = {b.name: b.available() for b in self.backends}
 
     @property
@@ -351,6 +352,17 @@ class Sweep:
 
     # -- main loop ------------------------------------------------------------------------------------------------
     def run(self) -> list[CellResult]:
+        """Run every cell. A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by the CLI) stops the sweep
+        and returns the cells finished so far, with :attr:`interrupted` set."""
+        self.interrupted = False
+        try:
+            self._run_groups()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self._free_memory()
+        return self.results
+
+    def _run_groups(self) -> None:
         groups: dict[tuple, list[Config]] = {}
         for cfg in self.configs:
             groups.setdefault(cfg.weight_key, []).append(cfg)
@@ -378,7 +390,6 @@ class Sweep:
             finally:
                 del weights
                 self._free_memory()
-        return self.results
 
     def make_weights(self, shape: ModelShape, per_out_ch: bool) -> list[tuple]:
         import torch
