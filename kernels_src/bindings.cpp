@@ -30,5 +30,15 @@ TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
 #endif
 
 #if defined(MOEJIT_MODULE_SM80_INT8)
-// SM80 INT8 module (CUTLASS 2.x grouped GEMMs: per-tensor and hybrid blockwise): registrations go here.
+// SM80 INT8 module (CUTLASS 2.x grouped GEMMs: per-tensor and hybrid blockwise).
+TORCH_LIBRARY_FRAGMENT(moejit, m) {
+  m.def("int8_grouped_mm(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor expert_offsets,"
+        " ScalarType out_dtype) -> Tensor");
+  m.def("int8_hybrid_grouped_mm(Tensor a, Tensor a_q, Tensor a_f, Tensor b, Tensor b_scale, Tensor expert_offsets,"
+        " int block_size, int super_group_size, int q_max, ScalarType out_dtype) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
+  m.impl("int8_grouped_mm", &moejit::int8_grouped_mm);
+  m.impl("int8_hybrid_grouped_mm", &moejit::int8_hybrid_grouped_mm);
+}
 #endif

@@ -22,4 +22,12 @@ namespace moejit {
 // ---- sm90_fp8 module: declarations go here.
 
 // ---- sm80_int8 module: declarations go here.
+// int8_grouped_gemm.cu: out = a_scale * b_scale * (a . b^T), per-tensor or per-token x per-channel scales.
+at::Tensor int8_grouped_mm(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& b,
+                           const at::Tensor& b_scale, const at::Tensor& expert_offsets, at::ScalarType out_dtype);
+// int8_hybrid_grouped_gemm.cu: hybrid blockwise Q/F activations x per-channel INT8 weights.
+at::Tensor int8_hybrid_grouped_mm(const at::Tensor& a, const at::Tensor& a_q, const at::Tensor& a_f,
+                                  const at::Tensor& b, const at::Tensor& b_scale, const at::Tensor& expert_offsets,
+                                  int64_t block_size, int64_t super_group_size, int64_t q_max,
+                                  at::ScalarType out_dtype);
 }  // namespace moejit

@@ -77,6 +77,15 @@ MODULES: dict[str, JitModule] = {
             description="activation, permute/unpermute (CUB), MoE problem sizes",
             sources=("activation.cu", "permute.cu"),
         ),
+        JitModule(
+            name="sm80_int8",
+            description="CUTLASS 2.x SM80 INT8 grouped GEMMs (per-tensor / per-token x per-channel, hybrid blockwise Q/F)",
+            sources=("int8_grouped_gemm.cu", "int8_hybrid_grouped_gemm.cu", "int8_gemm_inst_pt_m64.cu",
+                     "int8_gemm_inst_pt_m128.cu", "int8_gemm_inst_hy_m64.cu", "int8_gemm_inst_hy_m128.cu",
+                     "int8_gemm_inst_hymg_m64.cu", "int8_gemm_inst_hymg_m128.cu"),
+            needs_cutlass=True,
+            min_arch=80,
+        ),
     )
 }
 

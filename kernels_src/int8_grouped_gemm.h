@@ -1,0 +1,27 @@
+// Host-side helpers shared by the two INT8 grouped GEMM entry points (int8_grouped_gemm.cu,
+// int8_hybrid_grouped_gemm.cu).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <tuple>
+
+namespace moejit {
+
+// Checks a [rows, K] int8, b [E, N, K] int8, expert_offsets int32 [E+1] (CUDA, contiguous, same device, 16-byte
+// aligned, K % 16 == 0) and the output dtype (bf16 / fp16). Returns (rows, E, N, K).
+std::tuple<int64_t, int64_t, int64_t, int64_t> check_int8_grouped_operands(const char* op, const at::Tensor& a,
+                                                                            const at::Tensor& b,
+                                                                            const at::Tensor& expert_offsets,
+                                                                            at::ScalarType out_dtype);
+
+namespace int8_gemm {
+// The threadblock tile rows for a launch: choose_tile_m(rows, E) from shapes only, unless the environment variable
+// MOEJIT_INT8_GEMM_TILE_M is 64 or 128 (a benchmarking override, read on every call).
+int tile_m_for(int64_t rows, int64_t num_experts);
+// max_tiles_bound, checked to fit the int32 tile schedule.
+int checked_max_tiles(const char* op, int64_t rows, int64_t num_experts, int tile_m, int64_t n);
+}  // namespace int8_gemm
+
+}  // namespace moejit
