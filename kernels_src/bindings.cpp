@@ -27,6 +27,18 @@ TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
 
 #if defined(MOEJIT_MODULE_SM90_FP8)
 // SM90 FP8 module (CUTLASS 3.x grouped GEMMs, FP8 quantization): registrations go here.
+TORCH_LIBRARY_FRAGMENT(moejit, m) {
+  m.def("fp8_quant(Tensor x, Tensor? scale, bool per_token, Tensor? num_rows) -> (Tensor q, Tensor scale)");
+  m.def("silu_mul_fp8_quant(Tensor x, Tensor? scale, bool per_token, Tensor? num_rows, ScalarType? round_dtype)"
+        " -> (Tensor q, Tensor scale)");
+  m.def("cutlass_fp8_grouped_mm(Tensor a, Tensor b, Tensor expert_offsets, Tensor a_scale, Tensor b_scale,"
+        " ScalarType out_dtype, int config) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
+  m.impl("fp8_quant", &moejit::fp8_quant);
+  m.impl("silu_mul_fp8_quant", &moejit::silu_mul_fp8_quant);
+  m.impl("cutlass_fp8_grouped_mm", &moejit::cutlass_fp8_grouped_mm);
+}
 #endif
 
 #if defined(MOEJIT_MODULE_SM80_INT8)

@@ -20,6 +20,17 @@ at::Tensor moe_problem_sizes(const at::Tensor& expert_offsets, int64_t n, int64_
 
 namespace moejit {
 // ---- sm90_fp8 module: declarations go here.
+// fp8_quant.cu
+std::tuple<at::Tensor, at::Tensor> fp8_quant(const at::Tensor& x, const std::optional<at::Tensor>& scale,
+                                             bool per_token, const std::optional<at::Tensor>& num_rows);
+std::tuple<at::Tensor, at::Tensor> silu_mul_fp8_quant(const at::Tensor& x,
+                                                      const std::optional<at::Tensor>& scale, bool per_token,
+                                                      const std::optional<at::Tensor>& num_rows,
+                                                      std::optional<at::ScalarType> round_dtype);
+// fp8_grouped_gemm_sm90.cu
+at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets,
+                                  const at::Tensor& a_scale, const at::Tensor& b_scale, at::ScalarType out_dtype,
+                                  int64_t config);
 
 // ---- sm80_int8 module: declarations go here.
 // int8_grouped_gemm.cu: out = a_scale * b_scale * (a . b^T), per-tensor or per-token x per-channel scales.

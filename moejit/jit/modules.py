@@ -78,6 +78,16 @@ MODULES: dict[str, JitModule] = {
             sources=("activation.cu", "permute.cu"),
         ),
         JitModule(
+            name="sm90_fp8",
+            description="FP8 quantization, CUTLASS 3.x SM90 FP8 grouped GEMM (per-tensor/token × per-tensor/channel)",
+            sources=("fp8_quant.cu", "fp8_grouped_gemm_sm90.cu", "fp8_grouped_gemm_sm90_inst_swap16.cu",
+                     "fp8_grouped_gemm_sm90_inst_swap64.cu", "fp8_grouped_gemm_sm90_inst_coop128.cu",
+                     "fp8_grouped_gemm_sm90_inst_swap16_f32.cu", "fp8_grouped_gemm_sm90_inst_swap64_f32.cu",
+                     "fp8_grouped_gemm_sm90_inst_coop128_f32.cu"),
+            needs_cutlass=True,
+            only_archs=("90a",),
+        ),
+        JitModule(
             name="sm80_int8",
             description="CUTLASS 2.x SM80 INT8 grouped GEMMs (per-tensor / per-token x per-channel, hybrid blockwise Q/F)",
             sources=("int8_grouped_gemm.cu", "int8_hybrid_grouped_gemm.cu", "int8_gemm_inst_pt_m64.cu",

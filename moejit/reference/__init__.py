@@ -7,6 +7,7 @@ from moejit.reference.core import (dequant_weight_ref, moe_permute_ref, moe_prob
                                    moe_unpermute_ref, rel_error, silu_and_mul_ref)
 from moejit.reference.fp8 import (FP8_DTYPE, FP8_MAX, MIN_SCALE, fp8_dequant_ref, fp8_quant_ref, moe_fp8_ref,
                                   quantize_weights_fp8_ref)
+from moejit.reference.routing import fused_topk_ref, grouped_topk_ref
 from moejit.reference.int8 import (int8_act_qdq_ref, int8_block_dequant_ref, int8_block_quant_ref, int8_dequant_ref,
                                    int8_hybrid_dequant_ref, int8_hybrid_grouped_mm_ref, int8_hybrid_mm_ref,
                                    int8_hybrid_quant_ref, int8_quant_ref, moe_int8_hybrid_ref, moe_int8_ref,
@@ -17,6 +18,7 @@ __all__ = [
     "moe_permute_ref", "moe_problem_sizes_ref", "moe_ref", "moe_unpermute_ref", "quantize_weights_fp8_ref",
     "rel_error", "silu_and_mul_ref",
 ]
+__all__ += ["fused_topk_ref", "grouped_topk_ref"]
 __all__ += [
     "int8_act_qdq_ref", "int8_block_dequant_ref", "int8_block_quant_ref", "int8_dequant_ref",
     "int8_hybrid_dequant_ref", "int8_hybrid_grouped_mm_ref", "int8_hybrid_mm_ref", "int8_hybrid_quant_ref",

@@ -1,0 +1,280 @@
+// FP8 (e4m3) activation quantization, exactly as moejit/reference/fp8.py `fp8_quant_ref` defines it:
+//   q = e4m3(clamp(x / s, -448, 448)) (round to nearest even),  real ≈ q · s,
+//   static per-tensor: s given; dynamic per-tensor: s = max(amax(x) / 448, 1e-12); per-token: the same per row.
+// The gated variant quantizes silu(x[:, :N]) · x[:, N:] rounded to a 16-bit activation dtype (x's own, or the
+// given one when x is the float32 GEMM1 output of the MoE layer), fused, recomputing the activation instead of
+// storing it. Everything runs on the device (dynamic per-tensor amax is an
+// atomicMax reduction), so every op captures into CUDA graphs.
+//
+// An optional `num_rows` (int32 [1], device) limits the work to the first num_rows rows (the valid rows of a
+// permuted MoE buffer); the remaining rows of q (and of per-token scales) are left unwritten.
+
+#include <cuda_fp8.h>
+
+#include "common.h"
+#include "ops.h"
+
+namespace moejit {
+namespace {
+
+constexpr float kFp8Max = 448.0f;
+constexpr float kMinScale = 1e-12f;
+constexpr int kThreads = 256;
+
+template <typename T>
+struct alignas(8 * sizeof(T)) Vec8 {
+  T v[8];
+};
+
+// Reads element `c` of row `row` as the float value being quantized. R: the type the gated value is rounded to.
+template <typename T, typename R, bool kGated>
+struct RowReader {
+  const T* row;
+  int64_t cols;  // columns of the quantized value (N for the gated variant, whose input has 2N)
+
+  __device__ __forceinline__ float at(int64_t c) const {
+    if constexpr (kGated) {
+      const float g = static_cast<float>(row[c]);
+      const float u = static_cast<float>(row[c + cols]);
+      return static_cast<float>(static_cast<R>(g / (1.0f + expf(-g)) * u));
+    } else {
+      return static_cast<float>(row[c]);
+    }
+  }
+
+  // Eight consecutive values starting at c (c % 8 == 0; requires rows aligned to 8 elements).
+  __device__ __forceinline__ void at8(int64_t c, float (&out)[8]) const {
+    const Vec8<T> x = *reinterpret_cast<const Vec8<T>*>(row + c);
+    if constexpr (kGated) {
+      const Vec8<T> y = *reinterpret_cast<const Vec8<T>*>(row + c + cols);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float g = static_cast<float>(x.v[i]);
+        out[i] = static_cast<float>(static_cast<R>(g / (1.0f + expf(-g)) * static_cast<float>(y.v[i])));
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(x.v[i]);
+    }
+  }
+};
+
+template <typename T, typename R, bool kGated>
+__device__ __forceinline__ RowReader<T, R, kGated> reader(const T* x, int64_t r, int64_t cols) {
+  return {x + r * (kGated ? 2 * cols : cols), cols};
+}
+
+// |x| max over this thread's share of one row.
+template <typename T, typename R, bool kGated, bool kVec>
+__device__ float thread_row_amax(const RowReader<T, R, kGated>& rd) {
+  float m = 0.0f;
+  if constexpr (kVec) {
+    for (int64_t c = threadIdx.x * 8; c < rd.cols; c += blockDim.x * 8) {
+      float v[8];
+      rd.at8(c, v);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) m = fmaxf(m, fabsf(v[i]));
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < rd.cols; c += blockDim.x) m = fmaxf(m, fabsf(rd.at(c)));
+  }
+  return m;
+}
+
+__device__ float block_max(float v) {
+  __shared__ float warp_max[kThreads / 32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    v = threadIdx.x < blockDim.x / 32 ? warp_max[threadIdx.x] : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (threadIdx.x == 0) warp_max[0] = v;
+  }
+  __syncthreads();
+  const float r = warp_max[0];
+  __syncthreads();  // warp_max may be reused by the caller's next reduction
+  return r;
+}
+
+__device__ __forceinline__ int64_t row_limit(int64_t rows, const int32_t* num_rows) {
+  return num_rows ? min(rows, static_cast<int64_t>(max(*num_rows, 0))) : rows;
+}
+
+__device__ __forceinline__ float scale_from_amax(float amax) { return fmaxf(amax / kFp8Max, kMinScale); }
+
+__device__ __forceinline__ __nv_fp8_e4m3 to_fp8(float v, float s) {
+  // Division (not a reciprocal multiply) to round exactly like the reference; the clamp maps ±inf/overflow to ±448.
+  return __nv_fp8_e4m3(fminf(fmaxf(v / s, -kFp8Max), kFp8Max));
+}
+
+template <typename T, typename R, bool kGated, bool kVec>
+__device__ void quantize_row(const RowReader<T, R, kGated>& rd, __nv_fp8_e4m3* q, float s) {
+  if constexpr (kVec) {
+    for (int64_t c = threadIdx.x * 8; c < rd.cols; c += blockDim.x * 8) {
+      float v[8];
+      rd.at8(c, v);
+      __nv_fp8_e4m3 o[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[i] = to_fp8(v[i], s);
+      *reinterpret_cast<uint2*>(q + c) = *reinterpret_cast<const uint2*>(o);
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < rd.cols; c += blockDim.x) q[c] = to_fp8(rd.at(c), s);
+  }
+}
+
+// Dynamic per-tensor, pass 1: amax over the (valid) rows, as float bits in *amax_bits (zeroed before; |x| >= 0 so
+// the unsigned order of the bits is the float order).
+template <typename T, typename R, bool kGated, bool kVec>
+__global__ void tensor_amax_kernel(const T* __restrict__ x, int64_t rows, int64_t cols,
+                                   const int32_t* __restrict__ num_rows, unsigned int* __restrict__ amax_bits) {
+  const int64_t limit = row_limit(rows, num_rows);
+  float m = 0.0f;
+  for (int64_t r = blockIdx.x; r < limit; r += gridDim.x) m = fmaxf(m, thread_row_amax<T, R, kGated, kVec>(reader<T, R, kGated>(x, r, cols)));
+  m = block_max(m);
+  if (threadIdx.x == 0 && m > 0.0f) atomicMax(amax_bits, __float_as_uint(m));
+}
+
+// Per-tensor quantization with a static scale (amax_bits == nullptr) or the scale from pass 1 (also written to
+// scale_out[0] by block 0).
+template <typename T, typename R, bool kGated, bool kVec>
+__global__ void tensor_quant_kernel(const T* __restrict__ x, __nv_fp8_e4m3* __restrict__ q, int64_t rows,
+                                    int64_t cols, const int32_t* __restrict__ num_rows,
+                                    const float* __restrict__ static_scale,
+                                    const unsigned int* __restrict__ amax_bits, float* __restrict__ scale_out) {
+  const float s = amax_bits ? scale_from_amax(__uint_as_float(*amax_bits)) : *static_scale;
+  if (amax_bits && blockIdx.x == 0 && threadIdx.x == 0) *scale_out = s;
+  const int64_t limit = row_limit(rows, num_rows);
+  for (int64_t r = blockIdx.x; r < limit; r += gridDim.x) {
+    quantize_row<T, R, kGated, kVec>(reader<T, R, kGated>(x, r, cols), q + r * cols, s);
+  }
+}
+
+// Dynamic per-token: one block per row (grid-stride), amax then quantize (the second read hits L1/L2).
+template <typename T, typename R, bool kGated, bool kVec>
+__global__ void token_quant_kernel(const T* __restrict__ x, __nv_fp8_e4m3* __restrict__ q, int64_t rows,
+                                   int64_t cols, const int32_t* __restrict__ num_rows, float* __restrict__ scales) {
+  const int64_t limit = row_limit(rows, num_rows);
+  for (int64_t r = blockIdx.x; r < limit; r += gridDim.x) {
+    const auto rd = reader<T, R, kGated>(x, r, cols);
+    const float s = scale_from_amax(block_max(thread_row_amax<T, R, kGated, kVec>(rd)));
+    if (threadIdx.x == 0) scales[r] = s;
+    quantize_row<T, R, kGated, kVec>(rd, q + r * cols, s);
+  }
+}
+
+int grid_for(int64_t rows) {
+  int dev = 0, sms = 132;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  static int cached[64] = {0};
+  if (dev < 64) {
+    if (!cached[dev]) C10_CUDA_CHECK(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev));
+    sms = cached[dev];
+  }
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, static_cast<int64_t>(sms) * 8)));
+}
+
+// Calls fn(T*, R*) for the input type T (bf16, fp16, fp32) and the rounding type R of the gated value (bf16 or
+// fp16: the input's own when it is 16-bit, else `round_dtype`).
+template <typename Fn>
+void dispatch_quant_types(at::ScalarType in, at::ScalarType round, const char* op, Fn&& fn) {
+  const bool bf16_round = round == at::kBFloat16;
+  switch (in) {
+    case at::kBFloat16: fn(static_cast<__nv_bfloat16*>(nullptr), static_cast<__nv_bfloat16*>(nullptr)); break;
+    case at::kHalf: fn(static_cast<__half*>(nullptr), static_cast<__half*>(nullptr)); break;
+    case at::kFloat:
+      if (bf16_round) fn(static_cast<float*>(nullptr), static_cast<__nv_bfloat16*>(nullptr));
+      else fn(static_cast<float*>(nullptr), static_cast<__half*>(nullptr));
+      break;
+    default: TORCH_CHECK(false, "moejit: ", op, ": x must be bfloat16, float16 or float32, got ", in);
+  }
+}
+
+template <bool kGated>
+std::tuple<at::Tensor, at::Tensor> quantize_impl(const at::Tensor& x, const std::optional<at::Tensor>& scale,
+                                                 bool per_token, const std::optional<at::Tensor>& num_rows,
+                                                 std::optional<at::ScalarType> round_dtype, const char* op) {
+  MOEJIT_CHECK_CUDA(x);
+  MOEJIT_CHECK(x.dim() == 2, op, ": x must be 2-D, got ", x.sizes());
+  MOEJIT_CHECK_CONTIGUOUS(x);
+  const int64_t rows = x.size(0);
+  MOEJIT_CHECK(!kGated || x.size(1) % 2 == 0, op, ": x's last dimension must be even (gate ‖ up)");
+  const int64_t cols = kGated ? x.size(1) / 2 : x.size(1);
+  const bool is_static = scale.has_value();
+  MOEJIT_CHECK(!(is_static && per_token), op, ": a static scale and per_token are exclusive");
+  if (is_static) {
+    MOEJIT_CHECK_CUDA(*scale);
+    MOEJIT_CHECK_DTYPE(*scale, at::kFloat);
+    MOEJIT_CHECK(scale->numel() == 1, op, ": a static scale must have one element");
+  }
+  const int32_t* nr = nullptr;
+  if (num_rows.has_value()) {
+    MOEJIT_CHECK_CUDA(*num_rows);
+    MOEJIT_CHECK_DTYPE(*num_rows, at::kInt);
+    MOEJIT_CHECK(num_rows->numel() >= 1, op, ": num_rows must have one element");
+    nr = num_rows->data_ptr<int32_t>();
+  }
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  cudaStream_t stream = current_stream();
+  at::Tensor q = at::empty({rows, cols}, x.options().dtype(at::kFloat8_e4m3fn));
+  at::Tensor s_out = per_token ? at::empty({rows, 1}, x.options().dtype(at::kFloat))
+                               : (is_static ? scale->reshape({1}).clone() : at::empty({1}, x.options().dtype(at::kFloat)));
+  if (!per_token && !is_static && (rows == 0 || cols == 0)) s_out.fill_(kMinScale);
+  if (rows == 0 || cols == 0) return {q, s_out};
+
+  const int grid = grid_for(rows);
+  const at::ScalarType round = round_dtype.value_or(x.scalar_type());
+  MOEJIT_CHECK(round == at::kBFloat16 || round == at::kHalf, op, ": round_dtype must be bfloat16 or float16");
+  MOEJIT_CHECK(x.scalar_type() == at::kFloat || round == x.scalar_type(), op,
+               ": round_dtype applies to float32 input only");
+  dispatch_quant_types(x.scalar_type(), round, op, [&](auto* tag, auto* round_tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using R = std::remove_pointer_t<decltype(round_tag)>;
+    const T* xp = reinterpret_cast<const T*>(x.data_ptr());
+    auto* qp = reinterpret_cast<__nv_fp8_e4m3*>(q.data_ptr());
+    const bool vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(xp) % (8 * sizeof(T)) == 0;
+    auto launch = [&](auto vec_tag) {
+      constexpr bool kVec = decltype(vec_tag)::value;
+      if (per_token) {
+        token_quant_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(xp, qp, rows, cols, nr,
+                                                                          s_out.data_ptr<float>());
+        MOEJIT_CUDA_LAUNCH_CHECK();
+      } else if (is_static) {
+        tensor_quant_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(
+            xp, qp, rows, cols, nr, scale->data_ptr<float>(), nullptr, nullptr);
+        MOEJIT_CUDA_LAUNCH_CHECK();
+      } else {
+        at::Tensor amax = at::zeros({1}, x.options().dtype(at::kInt));
+        auto* bits = reinterpret_cast<unsigned int*>(amax.data_ptr<int32_t>());
+        tensor_amax_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(xp, rows, cols, nr, bits);
+        MOEJIT_CUDA_LAUNCH_CHECK();
+        tensor_quant_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(xp, qp, rows, cols, nr, nullptr, bits,
+                                                                           s_out.data_ptr<float>());
+        MOEJIT_CUDA_LAUNCH_CHECK();
+      }
+    };
+    if (vec) launch(std::true_type{});
+    else launch(std::false_type{});
+  });
+  return {q, s_out};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> fp8_quant(const at::Tensor& x, const std::optional<at::Tensor>& scale,
+                                             bool per_token, const std::optional<at::Tensor>& num_rows) {
+  return quantize_impl<false>(x, scale, per_token, num_rows, std::nullopt, "fp8_quant");
+}
+
+std::tuple<at::Tensor, at::Tensor> silu_mul_fp8_quant(const at::Tensor& x,
+                                                      const std::optional<at::Tensor>& scale, bool per_token,
+                                                      const std::optional<at::Tensor>& num_rows,
+                                                      std::optional<at::ScalarType> round_dtype) {
+  return quantize_impl<true>(x, scale, per_token, num_rows, round_dtype, "silu_mul_fp8_quant");
+}
+
+}  // namespace moejit

@@ -1,0 +1,154 @@
+"""Ops of the ``sm90_fp8`` JIT module: FP8 (e4m3) quantization and the CUTLASS SM90 FP8 grouped GEMM.
+
+Quantization follows design.md exactly (``real ≈ q · scale``, scales float32, dynamic scales
+``max(amax / 448, 1e-12)``) and matches :func:`moejit.reference.fp8_quant_ref` bit for bit. Every op runs on the
+device only (no host synchronization) and captures into CUDA graphs. The module is built for sm_90a (Hopper) only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moejit import registry
+from moejit.errors import MoejitInputError
+from moejit.ops._validate import FLOAT16_TYPES, check_same_device, check_tensor
+
+FP8 = torch.float8_e4m3fn
+_MODULE = "sm90_fp8"
+
+# Tile configurations of cutlass_fp8_grouped_mm, in the order of GemmConfig in fp8_grouped_gemm_sm90.cuh.
+GEMM_CONFIGS = ("swap16", "swap64", "coop128")
+
+
+@registry.define("fp8_quant", module=_MODULE)
+def _fp8_quant_fake(x, scale, per_token, num_rows):
+    rows = x.shape[0]
+    return (x.new_empty(x.shape, dtype=FP8),
+            x.new_empty((rows, 1) if per_token else (1,), dtype=torch.float32))
+
+
+@registry.define("silu_mul_fp8_quant", module=_MODULE)
+def _silu_mul_fp8_quant_fake(x, scale, per_token, num_rows, round_dtype=None):
+    rows = x.shape[0]
+    return (x.new_empty((rows, x.shape[1] // 2), dtype=FP8),
+            x.new_empty((rows, 1) if per_token else (1,), dtype=torch.float32))
+
+
+@registry.define("cutlass_fp8_grouped_mm", module=_MODULE)
+def _cutlass_fp8_grouped_mm_fake(a, b, expert_offsets, a_scale, b_scale, out_dtype, config):
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+
+
+def _check_quant_args(name_x: str, x, scale, per_token: bool, num_rows) -> None:
+    check_tensor(name_x, x, dtypes=FLOAT16_TYPES + (torch.float32,), ndim=2, contiguous=True)
+    if scale is not None:
+        check_tensor("scale", scale, dtypes=(torch.float32,))
+        if scale.numel() != 1:
+            raise MoejitInputError(f"scale must hold one element (static per-tensor), got shape {tuple(scale.shape)}")
+        if per_token:
+            raise MoejitInputError("a static scale and per_token=True are exclusive (per-token scales are dynamic)")
+    if num_rows is not None:
+        check_tensor("num_rows", num_rows, dtypes=(torch.int32,))
+        if num_rows.numel() != 1:
+            raise MoejitInputError(f"num_rows must hold one element, got shape {tuple(num_rows.shape)}")
+    check_same_device(**{name_x: x, "scale": scale, "num_rows": num_rows})
+
+
+def fp8_quant(x: torch.Tensor, scale: torch.Tensor | None = None, per_token: bool = False,
+              num_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``x [T, K]`` (bf16/fp16/fp32) to e4m3. Returns ``(q [T, K] fp8, scale float32)``.
+
+    - ``scale`` given (one float32 element on the device): static per-tensor; the returned scale is a copy of it.
+    - ``per_token``: dynamic, one scale per row, ``[T, 1]``.
+    - otherwise: dynamic per-tensor, ``[1]``, from a device-side amax reduction.
+
+    ``num_rows`` (int32, one element, on the device) limits the work to the first ``num_rows`` rows (the valid rows
+    of a permuted MoE buffer): later rows of ``q`` and of per-token scales are left unwritten, and dynamic
+    per-tensor scales only see the first rows.
+    """
+    _check_quant_args("x", x, scale, per_token, num_rows)
+    return registry.op("fp8_quant")(x, scale, bool(per_token), num_rows)
+
+
+def silu_mul_fp8_quant(x: torch.Tensor, scale: torch.Tensor | None = None, per_token: bool = False,
+                       num_rows: torch.Tensor | None = None,
+                       round_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused SwiGLU + quantization: quantizes ``silu(x[:, :N]) * x[:, N:]`` (computed in float32, rounded to the
+    16-bit activation dtype as an unfused layer would store it) exactly like :func:`fp8_quant`. ``x [T, 2N]``
+    bf16/fp16 (rounded to its own dtype) or float32 (rounded to ``round_dtype``, required); returns
+    ``(q [T, N] fp8, scale)``."""
+    _check_quant_args("x", x, scale, per_token, num_rows)
+    if x.shape[1] % 2:
+        raise MoejitInputError(f"x's last dimension must be even (gate ‖ up), got {x.shape[1]}")
+    if x.dtype == torch.float32:
+        if round_dtype not in FLOAT16_TYPES:
+            raise MoejitInputError(f"float32 x needs round_dtype bfloat16 or float16, got {round_dtype}")
+    elif round_dtype not in (None, x.dtype):
+        raise MoejitInputError(f"round_dtype applies to float32 x only (x is {x.dtype}, round_dtype {round_dtype})")
+    return registry.op("silu_mul_fp8_quant")(x, scale, bool(per_token), num_rows,
+                                             round_dtype if x.dtype == torch.float32 else None)
+
+
+def grouped_mm_config(rows: int, num_experts: int, n: int, k: int) -> str:
+    """The tile configuration :func:`cutlass_fp8_grouped_mm` uses by default, from host-known sizes only.
+
+    The mean rows per expert decides: up to 8, the swapped problem (Bᵀ·Aᵀ) with a 128(N)×16(tokens) tile; up to 32,
+    swapped with a 128×64 tile (room for the spread of a router's counts: an expert whose rows need a second token
+    tile streams its weights twice); above, the plain problem with cooperative 128×128 tiles in 1×2 clusters.
+    """
+    mean_rows = -(-max(rows, 0) // max(num_experts, 1))
+    if mean_rows <= 8:
+        return "swap16"
+    if mean_rows <= 32:
+        return "swap64"
+    return "coop128"
+
+
+def cutlass_fp8_grouped_mm(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor, a_scale: torch.Tensor,
+                           b_scale: torch.Tensor, out_dtype: torch.dtype = torch.bfloat16,
+                           config: str | None = None) -> torch.Tensor:
+    """One CUTLASS launch multiplying every expert's rows: ``out[r] = a_scale[r] · (a[r] · b[e]ᵀ) ⊙ b_scale[e]`` for
+    the rows ``r`` of expert ``e`` (``expert_offsets[e] <= r < expert_offsets[e+1]``).
+
+    Args:
+        a: ``[rows, K]`` e4m3, rows grouped by expert (from :func:`moejit.ops.moe_permute`).
+        b: ``[E, N, K]`` e4m3, K contiguous.
+        expert_offsets: int32 ``[E + 1]`` on the device.
+        a_scale: float32, one element (per tensor) or ``rows`` elements (per token).
+        b_scale: float32 ``[E]`` (per tensor, also ``[E, 1]``/``[E, 1, 1]``) or ``[E, N]`` (per output channel).
+        out_dtype: bfloat16, float16 or float32.
+        config: one of :data:`GEMM_CONFIGS`, or None for :func:`grouped_mm_config`'s choice.
+
+    Returns ``out [rows, N]``. Rows outside every expert (beyond ``expert_offsets[E]``) are not written.
+    N and K must be multiples of 16. Nothing synchronizes with the host.
+    """
+    check_tensor("a", a, dtypes=(FP8,), ndim=2, contiguous=True)
+    check_tensor("b", b, dtypes=(FP8,), ndim=3, contiguous=True)
+    check_tensor("expert_offsets", expert_offsets, dtypes=(torch.int32,), ndim=1, contiguous=True)
+    check_tensor("a_scale", a_scale, dtypes=(torch.float32,))
+    check_tensor("b_scale", b_scale, dtypes=(torch.float32,))
+    check_same_device(a=a, b=b, expert_offsets=expert_offsets, a_scale=a_scale, b_scale=b_scale)
+    rows, k = a.shape
+    e, n, kb = b.shape
+    if kb != k:
+        raise MoejitInputError(f"b is [E, N, K] = {tuple(b.shape)} but a has K = {k}")
+    if expert_offsets.numel() != e + 1:
+        raise MoejitInputError(f"expert_offsets must have E + 1 = {e + 1} entries, got {expert_offsets.numel()}")
+    for name, value in (("N", n), ("K", k)):
+        if value % 16:
+            raise MoejitInputError(f"{name} = {value} must be a multiple of 16")
+    if a_scale.numel() not in (1, rows):
+        raise MoejitInputError(f"a_scale must have 1 (per tensor) or rows = {rows} (per token) elements, got shape "
+                               f"{tuple(a_scale.shape)}")
+    bs = tuple(b_scale.shape)
+    if not ((b_scale.numel() == e and bs[:1] == (e,)) or (bs[:2] == (e, n) and b_scale.numel() == e * n)):
+        raise MoejitInputError(f"b_scale must be [E] = ({e},) per tensor or [E, N] = ({e}, {n}) per output channel, "
+                               f"got {bs}")
+    if out_dtype not in FLOAT16_TYPES + (torch.float32,):
+        raise MoejitInputError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
+    if config is None:
+        config = grouped_mm_config(rows, e, n, k)
+    if config not in GEMM_CONFIGS:
+        raise MoejitInputError(f"config must be one of {GEMM_CONFIGS}, got {config!r}")
+    return registry.op("cutlass_fp8_grouped_mm")(a, b, expert_offsets, a_scale.contiguous(), b_scale.contiguous(),
+                                                 out_dtype, GEMM_CONFIGS.index(config))

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Times the whole cutlass_moe_fp8 layer (per-token activations × per-channel weights) on the issue's shapes and
+prints µs per call (median of a 10-call CUDA graph, p10–p90) beside the vLLM Triton fused_moe figures from issue 3
+(H200), the ratio, and an HBM floor (bytes of expert weights the routed tokens touch, plus activations, over the
+copy bandwidth measured on this GPU).
+
+    python scripts/bench_cutlass_fp8.py [--shapes mixtral,qwen,deepseek] [--iters 50] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from moejit import ops  # noqa: E402
+from moejit.bench.timing import time_cuda_graph  # noqa: E402
+from moejit.reference import moe_fp8_ref, rel_error  # noqa: E402
+
+# name: (E, topk, K, N, {M: vLLM µs on H200})
+SHAPES = {
+    "mixtral": ("Mixtral-8x7B", 8, 2, 4096, 14336, {4: 360, 64: 480, 256: 634, 2048: 2564}),
+    "qwen": ("Qwen3.6-35B-A3B", 256, 8, 2048, 512, {64: 320, 1024: 508, 8192: 1638}),
+    "deepseek": ("DeepSeek-V3 TP1", 256, 8, 7168, 2048, {4: 435, 2048: 4248}),
+}
+
+
+def bandwidths_gbs() -> tuple[float, float]:
+    """(copy, read) bandwidth in GB/s over 1 GiB buffers, CUDA-graph timed: a device-to-device copy (read + write
+    bytes) and a max-reduction (read bytes; what streaming expert weights looks like)."""
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    t_copy = time_cuda_graph(lambda: dst.copy_(src), ops_per_graph=5, iters=20)
+    halfs = src.view(torch.float16)
+    halfs.copy_(torch.randn(halfs.shape, device="cuda", dtype=torch.float16))
+    t_read = time_cuda_graph(lambda: halfs.amax(), ops_per_graph=5, iters=20)
+    return 2 * n / (t_copy.median_us * 1e-6) / 1e9, n / (t_read.median_us * 1e-6) / 1e9
+
+
+def make_weights(e, k, n):
+    """Per-channel e4m3 weights built expert by expert (the float copies of DeepSeek-V3's would not fit)."""
+    w1_q = torch.empty(e, 2 * n, k, dtype=torch.float8_e4m3fn, device="cuda")
+    w2_q = torch.empty(e, k, n, dtype=torch.float8_e4m3fn, device="cuda")
+    w1_s = torch.empty(e, 2 * n, device="cuda")
+    w2_s = torch.empty(e, k, device="cuda")
+    for i in range(e):
+        for w, q, s, fan_in in ((torch.randn(2 * n, k, device="cuda"), w1_q, w1_s, k),
+                                (torch.randn(k, n, device="cuda"), w2_q, w2_s, n)):
+            w /= math.sqrt(fan_in)
+            amax = w.abs().amax(dim=1).clamp(min=1e-12)
+            s[i] = amax / 448
+            q[i] = (w / s[i][:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+    return w1_q, w2_q, w1_s, w2_s
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="mixtral,qwen,deepseek")
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--check", action="store_true", help="also compare one call with moe_fp8_ref")
+    parser.add_argument("--breakdown", action="store_true", help="also time GEMM1 and GEMM2 alone")
+    args = parser.parse_args()
+
+    gpu = torch.cuda.get_device_name()
+    copy_bw, bw = bandwidths_gbs()
+    print(f"GPU: {gpu}; torch {torch.__version__}; measured bandwidth: copy {copy_bw:.0f} GB/s (read+write), "
+          f"read {bw:.0f} GB/s (the HBM floor uses the read bandwidth)")
+    print("cutlass_moe_fp8, per-token activations × per-channel weights, bf16, µs per call "
+          "(median of 10-call CUDA graphs; vLLM = Triton fused_moe on H200 from issue 3)")
+    header = (f"{'model':18s} {'M':>5s} {'moejit µs':>10s} {'p10-p90':>13s} {'vLLM µs':>8s} {'vLLM/ours':>9s} "
+              f"{'HBM floor':>9s} {'ours/floor':>10s} {'GEMM cfg':>8s}")
+    print(header)
+    print("-" * len(header))
+    results = []
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for key in args.shapes.split(","):
+        name, e, topk, k, n, vllm = SHAPES[key]
+        weights = make_weights(e, k, n)
+        for m in sorted(vllm):
+            a = torch.randn(m, k, device="cuda", generator=gen).bfloat16()
+            logits = torch.randn(m, e, device="cuda", generator=gen)
+            topk_weights, topk_ids = ops.fused_topk(a, logits, topk, renormalize=True)
+
+            def layer(a=a, topk_weights=topk_weights, topk_ids=topk_ids, weights=weights):
+                w1_q, w2_q, w1_s, w2_s = weights
+                return ops.cutlass_moe_fp8(a, w1_q, w2_q, topk_weights, topk_ids, w1_s, w2_s,
+                                           per_act_token=True, per_out_ch=True)
+
+            if args.check:
+                w1_q, w2_q, w1_s, w2_s = weights
+                err = rel_error(layer(), moe_fp8_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_s, w2_s,
+                                                      per_act_token=True))
+                print(f"  check {name} M={m}: rel err vs moe_fp8_ref {err:.2e}")
+            t = time_cuda_graph(layer, ops_per_graph=10, iters=args.iters)
+            touched = int(torch.unique(topk_ids).numel())
+            bytes_moved = touched * 3 * n * k + m * k * 2 * 2 + m * topk * (2 * n * 2 + k * 2) * 2
+            floor_us = bytes_moved / (bw * 1e9) * 1e6
+            cfg = ops.grouped_mm_config(m * topk, e, 2 * n, k)
+            extra = {}
+            if args.breakdown:
+                w1_q, w2_q, w1_s, w2_s = weights
+                rows, offsets, _, _ = ops.moe_permute(a.to(torch.float8_e4m3fn), topk_ids, e)
+                a_s = torch.ones(rows.shape[0], device="cuda")
+                inter = torch.randn(rows.shape[0], n, device="cuda").to(torch.float8_e4m3fn)
+                extra["gemm1_us"] = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(
+                    rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32), iters=args.iters).median_us
+                extra["gemm2_us"] = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(
+                    inter, w2_q, offsets, a_s, w2_s, out_dtype=torch.bfloat16), iters=args.iters).median_us
+            row = dict(model=name, m=m, median_us=t.median_us, p10_us=t.p10_us, p90_us=t.p90_us,
+                       vllm_us=vllm[m], speedup=vllm[m] / t.median_us, floor_us=floor_us,
+                       experts_touched=touched, config=cfg, gpu=gpu, **extra)
+            results.append(row)
+            print(f"{name:18s} {m:5d} {t.median_us:10.1f} {t.p10_us:6.1f}-{t.p90_us:6.1f} {vllm[m]:8d} "
+                  f"{vllm[m] / t.median_us:8.2f}x {floor_us:9.1f} {t.median_us / floor_us:9.2f}x {cfg:>8s}"
+                  + "".join(f"  {k_}={v:.1f}" for k_, v in extra.items()), flush=True)
+        del weights, layer
+        torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(gpu=gpu, copy_bw_gbs=copy_bw, read_bw_gbs=bw, results=results),
+                                              indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

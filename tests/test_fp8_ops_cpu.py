@@ -1,0 +1,58 @@
+"""CPU-runnable parts of the FP8 ops: the grouped-GEMM configuration heuristic, argument validation that happens
+before any kernel (no GPU needed), and the fake implementations used by torch.compile."""
+
+import pytest
+import torch
+
+from moejit import ops, registry
+from moejit.errors import MoejitInputError
+from moejit.ops.fp8 import GEMM_CONFIGS
+
+FP8 = torch.float8_e4m3fn
+
+
+@pytest.mark.parametrize("rows, e, want", [
+    (8, 8, "swap16"),          # Mixtral decode, M=4 topk=2
+    (64 * 8, 256, "swap16"),   # Qwen M=64 topk=8: 2 rows per expert
+    (128, 8, "swap64"),        # Mixtral M=64: 16 rows per expert
+    (1024 * 8, 256, "swap64"),  # Qwen M=1024: 32 rows per expert
+    (512, 8, "coop128"),       # Mixtral M=256: 64 rows per expert
+    (2048 * 8, 256, "coop128"),
+    (0, 8, "swap16"),
+])
+def test_grouped_mm_config(rows, e, want):
+    assert ops.grouped_mm_config(rows, e, 4096, 4096) == want
+    assert want in GEMM_CONFIGS
+
+
+def test_validation_before_any_kernel():
+    x = torch.randn(4, 32, dtype=torch.bfloat16)
+    with pytest.raises(MoejitInputError, match="CUDA"):
+        ops.fp8_quant(x)
+    with pytest.raises(MoejitInputError, match="CUDA"):
+        ops.silu_mul_fp8_quant(x)
+    a = torch.zeros(4, 64).to(FP8)
+    b = torch.zeros(2, 32, 64).to(FP8)
+    offsets = torch.zeros(3, dtype=torch.int32)
+    with pytest.raises(MoejitInputError, match="CUDA"):
+        ops.cutlass_fp8_grouped_mm(a, b, offsets, torch.ones(1), torch.ones(2))
+    with pytest.raises(MoejitInputError, match="a must have dtype"):
+        ops.cutlass_fp8_grouped_mm(a.float(), b, offsets, torch.ones(1), torch.ones(2))
+    w1 = torch.zeros(2, 64, 48).to(FP8)
+    w2 = torch.zeros(2, 48, 32).to(FP8)
+    with pytest.raises(MoejitInputError, match="CUDA"):
+        ops.cutlass_moe_fp8(torch.randn(3, 48, dtype=torch.bfloat16), w1, w2, torch.rand(3, 1),
+                            torch.zeros(3, 1, dtype=torch.int32), torch.ones(2), torch.ones(2))
+
+
+def test_fakes_give_the_right_shapes():
+    fakes = registry.ops()
+    x = torch.empty(5, 64, dtype=torch.bfloat16, device="meta")
+    q, s = fakes["fp8_quant"].fake(x, None, True, None)
+    assert q.shape == (5, 64) and q.dtype == FP8 and s.shape == (5, 1)
+    q, s = fakes["silu_mul_fp8_quant"].fake(x, None, False, None, None)
+    assert q.shape == (5, 32) and s.shape == (1,)
+    a = torch.empty(7, 64, dtype=FP8, device="meta")
+    b = torch.empty(3, 48, 64, dtype=FP8, device="meta")
+    out = fakes["cutlass_fp8_grouped_mm"].fake(a, b, None, None, None, torch.float32, 0)
+    assert out.shape == (7, 48) and out.dtype == torch.float32

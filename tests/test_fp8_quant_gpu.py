@@ -1,0 +1,145 @@
+"""GPU tests of the sm90_fp8 quantization ops against moejit.reference.fp8_quant_ref (bit-exact) (Hopper only)."""
+
+import pytest
+import torch
+
+from moejit import ops
+from moejit.errors import MoejitInputError
+from moejit.reference import MIN_SCALE, fp8_dequant_ref, fp8_quant_ref, rel_error, silu_and_mul_ref
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+    reason="the sm90_fp8 module is built for Hopper (sm_90a) only")]
+
+DTYPES = [torch.bfloat16, torch.float16]
+SHAPES = [(1, 16), (7, 100), (64, 4096), (333, 2048), (2, 14336)]  # (7, 100): the non-vectorized path
+MODES = ["static", "tensor", "token"]
+
+
+def _x(shape, dtype, gen, scale=3.0):
+    return (torch.randn(*shape, generator=gen) * scale).to(dtype).cuda()
+
+
+def _bytes(q):
+    return q.view(torch.uint8)
+
+
+def _quant(fn, x, mode, gen):
+    if mode == "static":
+        s = (x.float().abs().amax() / 300).reshape(1)  # some values saturate at ±448
+        return fn(x, s), s
+    return fn(x, per_token=(mode == "token")), None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_fp8_quant_matches_reference_exactly(dtype, shape, mode, seeded):
+    x = _x(shape, dtype, seeded)
+    (q, s), static = _quant(ops.fp8_quant, x, mode, seeded)
+    # The reference runs on the CPU: there ``amax / 448`` is a true division, as in the kernel and design.md (torch's
+    # CUDA division by a Python scalar multiplies by the rounded reciprocal, which can differ in the last bit).
+    q_ref, s_ref = fp8_quant_ref(x.cpu(), scale=None if static is None else static.cpu(), per_token=(mode == "token"))
+    assert q.dtype == torch.float8_e4m3fn and q.shape == x.shape
+    assert s.shape == ((shape[0], 1) if mode == "token" else (1,)) and s.dtype == torch.float32
+    # Same float32 division and round-to-nearest-even conversion: identical bytes and scales.
+    assert torch.equal(s.cpu(), s_ref.reshape(s.shape))
+    assert torch.equal(_bytes(q).cpu(), _bytes(q_ref))
+
+
+@pytest.mark.parametrize("dtype, round_dtype", [(torch.bfloat16, None), (torch.float16, None),
+                                                (torch.float32, torch.bfloat16), (torch.float32, torch.float16)])
+@pytest.mark.parametrize("shape", [(1, 32), (9, 200), (128, 2 * 1536), (40, 2 * 14336)])
+@pytest.mark.parametrize("mode", MODES)
+def test_silu_mul_fp8_quant(dtype, round_dtype, shape, mode, seeded):
+    x = _x(shape, dtype, seeded)
+    fn = lambda *args, **kw: ops.silu_mul_fp8_quant(*args, round_dtype=round_dtype, **kw)  # noqa: E731
+    (q, s), static = _quant(fn, x, mode, seeded)
+    xc = x.cpu()
+    n = xc.shape[1] // 2
+    act = (torch.nn.functional.silu(xc[:, :n].float()) * xc[:, n:].float()).to(round_dtype or dtype)
+    assert torch.equal(act, silu_and_mul_ref(xc)) or dtype == torch.float32
+    q_ref, s_ref = fp8_quant_ref(act, scale=None if static is None else static.cpu(), per_token=(mode == "token"))
+    q, s = q.cpu(), s.cpu()
+    assert q.shape == act.shape and s.shape == s_ref.reshape(s.shape).shape
+    # The kernel's expf and torch's silu may round an activation to a neighbouring 16-bit value now and then, which
+    # can move an amax by one ulp and a quantized value by one e4m3 step: compare dequantized values closely and
+    # require almost all bytes to agree.
+    torch.testing.assert_close(s, s_ref.reshape(s.shape), rtol=1e-2, atol=0)
+    assert rel_error(fp8_dequant_ref(q, s), fp8_dequant_ref(q_ref, s_ref)) < 1e-2
+    assert (_bytes(q) != _bytes(q_ref)).float().mean().item() < 1e-2
+
+
+@pytest.mark.parametrize("fn", [ops.fp8_quant, ops.silu_mul_fp8_quant])
+def test_all_zero_rows_and_inputs_give_finite_scales(fn):
+    x = torch.zeros(6, 64, dtype=torch.bfloat16, device="cuda")
+    x[2] = torch.linspace(-5, 5, 64)
+    q, s = fn(x, per_token=True)
+    assert torch.isfinite(s).all() and (s > 0).all()
+    assert s[0].item() == pytest.approx(MIN_SCALE)
+    assert (q.float()[0] == 0).all()
+    q, s = fn(torch.zeros(3, 32, dtype=torch.float16, device="cuda"))
+    assert s.item() == pytest.approx(MIN_SCALE) and (q.float() == 0).all()
+    q, s = fn(torch.zeros(0, 32, dtype=torch.float16, device="cuda"))
+    assert q.shape[0] == 0 and torch.isfinite(s).all()
+
+
+@pytest.mark.parametrize("fn", [ops.fp8_quant, ops.silu_mul_fp8_quant])
+@pytest.mark.parametrize("mode", MODES)
+def test_num_rows_limits_the_work(fn, mode, seeded):
+    x = _x((50, 256), torch.bfloat16, seeded)
+    x[30:] *= 100  # larger values beyond num_rows must not affect a per-tensor scale
+    valid = 30
+    num_rows = torch.tensor([valid], dtype=torch.int32, device="cuda")
+    static = (x[:valid].float().abs().amax() / 448).reshape(1) if mode == "static" else None
+    q, s = fn(x, static, per_token=(mode == "token"), num_rows=num_rows)
+    q_all, s_all = fn(x[:valid].contiguous(), static, per_token=(mode == "token"))
+    assert torch.equal(_bytes(q[:valid]), _bytes(q_all))
+    assert torch.equal(s[:valid] if mode == "token" else s, s_all)
+
+
+def test_quant_captures_in_cuda_graph(seeded):
+    x = _x((64, 512), torch.bfloat16, seeded)
+    static = torch.tensor([0.02], device="cuda")
+
+    def step():
+        return (ops.fp8_quant(x), ops.fp8_quant(x, per_token=True), ops.fp8_quant(x, static),
+                ops.silu_mul_fp8_quant(x), ops.silu_mul_fp8_quant(x, per_token=True))
+
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+        with torch.cuda.graph(graph, stream=stream):
+            captured = step()
+    torch.cuda.current_stream().wait_stream(stream)
+    x.copy_(_x((64, 512), torch.bfloat16, seeded, scale=7.0))  # new data: the replay must recompute the scales
+    graph.replay()
+    torch.cuda.synchronize()
+    for (q, s), (q_e, s_e) in zip(captured, step()):
+        assert torch.equal(_bytes(q), _bytes(q_e)) and torch.equal(s, s_e)
+
+
+def test_quant_rejects_bad_input():
+    x = torch.randn(4, 32, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(MoejitInputError, match="x must have dtype"):
+        ops.fp8_quant(x.double())
+    with pytest.raises(MoejitInputError, match="round_dtype"):
+        ops.silu_mul_fp8_quant(x.float())
+    with pytest.raises(MoejitInputError, match="round_dtype"):
+        ops.silu_mul_fp8_quant(x, round_dtype=torch.float16)
+    with pytest.raises(MoejitInputError, match="contiguous"):
+        ops.fp8_quant(torch.randn(32, 4, device="cuda", dtype=torch.bfloat16).t())
+    with pytest.raises(MoejitInputError, match="CUDA"):
+        ops.fp8_quant(x.cpu())
+    with pytest.raises(MoejitInputError, match="one element"):
+        ops.fp8_quant(x, torch.ones(2, device="cuda"))
+    with pytest.raises(MoejitInputError, match="exclusive"):
+        ops.fp8_quant(x, torch.ones(1, device="cuda"), per_token=True)
+    with pytest.raises(MoejitInputError, match="even"):
+        ops.silu_mul_fp8_quant(torch.randn(4, 30, device="cuda", dtype=torch.bfloat16)[:, :15].contiguous())
+    with pytest.raises(MoejitInputError, match="num_rows"):
+        ops.fp8_quant(x, num_rows=torch.ones(1, device="cuda"))
