@@ -221,30 +221,49 @@ struct AccumulatorLayout {
   CUTLASS_DEVICE static int col(int i, int lane) { return ((i / 4) / kMmaRows) * 8 + (lane % 4) * 2 + (i & 1); }
 };
 
+// The scales the epilogue needs, loaded at the start of the last K tile so their latency hides behind its MMAs.
+template <class Cfg>
+struct EpilogueScales {
+  using Layout = AccumulatorLayout<Cfg>;
+  static constexpr int kCols = Layout::kMmaCols * 2;  // columns per thread: 2 per 8-column MMA tile
+  float row[Layout::kRowsPerThread];  // a_scale (per-tensor GEMM), F (hybrid, one super group) or 1
+  float col[kCols];                   // weight scale of the thread's columns
+  // Column (inside the warp tile) of column slot c, and the column slot of accumulator element i.
+  CUTLASS_DEVICE static int col_of_slot(int c, int lane) { return (c >> 1) * 8 + (lane % 4) * 2 + (c & 1); }
+  CUTLASS_DEVICE static int col_slot(int i) { return ((i / 4) / Layout::kMmaRows) * 2 + (i & 1); }
+};
+
+template <class Loader>
 struct PlainHook {
+  Loader& load_scales;
+  int last_tile;
   template <class Frag>
   CUTLASS_DEVICE void end_tile(int, Frag&) {}
-  CUTLASS_DEVICE void begin_tile(int) {}
+  CUTLASS_DEVICE void begin_tile(int t) {
+    if (t == last_tile) load_scales();
+  }
 };
 
 // Hybrid: per K tile (= quantization block) fold the block's int32 products into the super-group sum with the row's
 // integer Q, and once per super group into the float accumulator with the row's F.
-template <class Cfg, bool kMultiGroup>
+template <class Cfg, bool kMultiGroup, class Loader>
 struct HybridHook {
   using Layout = AccumulatorLayout<Cfg>;
   using FragmentC = typename Mainloop<Cfg>::FragmentC;
   static constexpr int kRows = Layout::kRowsPerThread;
 
   const GroupedGemmParams& p;
+  Loader& load_scales;
+  int k_tiles;
   int row_g[kRows];  // global row of each row slot, or -1 past the expert's rows
   int32_t q_cur[kRows];
   int32_t q_next[kRows];
-  float f_cur[kRows];
+  float f_cur[kMultiGroup ? kRows : 1];
   FragmentC sg;                                   // int32 sum over the current super group
   float acc_f[kMultiGroup ? Layout::kCount : 1];  // float sum over finished super groups
-  int k_tiles;
 
-  CUTLASS_DEVICE HybridHook(const GroupedGemmParams& params, int tiles) : p(params), k_tiles(tiles) {}
+  CUTLASS_DEVICE HybridHook(const GroupedGemmParams& params, Loader& loader, int tiles)
+      : p(params), load_scales(loader), k_tiles(tiles) {}
 
   CUTLASS_DEVICE void load_q(int32_t (&dst)[kRows], int block) const {
     CUTLASS_PRAGMA_UNROLL
@@ -252,16 +271,19 @@ struct HybridHook {
       dst[r] = row_g[r] >= 0 ? __ldg(p.a_q + static_cast<int64_t>(row_g[r]) * p.num_blocks + block) : 0;
     }
   }
-  CUTLASS_DEVICE void load_f(int group) {
-    CUTLASS_PRAGMA_UNROLL
-    for (int r = 0; r < kRows; ++r) {
-      f_cur[r] = row_g[r] >= 0 ? __ldg(p.a_f + static_cast<int64_t>(row_g[r]) * p.num_groups + group) : 0.0f;
-    }
+  CUTLASS_DEVICE float load_f(int r, int group) const {
+    return row_g[r] >= 0 ? __ldg(p.a_f + static_cast<int64_t>(row_g[r]) * p.num_groups + group) : 0.0f;
   }
 
   CUTLASS_DEVICE void begin_tile(int t) {
     if (t + 1 < k_tiles) load_q(q_next, t + 1);
-    if (kMultiGroup && t % p.super_group == 0) load_f(t / p.super_group);
+    if constexpr (kMultiGroup) {
+      if (t % p.super_group == 0) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < kRows; ++r) f_cur[r] = load_f(r, t / p.super_group);
+      }
+    }
+    if (t == k_tiles - 1) load_scales();
   }
 
   CUTLASS_DEVICE void end_tile(int t, FragmentC& blk) {
@@ -272,22 +294,21 @@ struct HybridHook {
     }
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < kRows; ++r) q_cur[r] = q_next[r];
-    if (kMultiGroup && ((t + 1) % p.super_group == 0 || t + 1 == k_tiles)) {
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < Layout::kCount; ++i) {
-        acc_f[i] += f_cur[Layout::row_slot(i)] * static_cast<float>(sg[i]);
-        sg[i] = 0;
+    if constexpr (kMultiGroup) {
+      if ((t + 1) % p.super_group == 0 || t + 1 == k_tiles) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < Layout::kCount; ++i) {
+          acc_f[i] += f_cur[Layout::row_slot(i)] * static_cast<float>(sg[i]);
+          sg[i] = 0;
+        }
       }
     }
   }
 
-  // After the mainloop: the float result of element i (with one super group, F is read only now).
-  CUTLASS_DEVICE void finish() {
-    if (!kMultiGroup) load_f(0);
-  }
+  // After the mainloop: element i before the epilogue scales (with one super group, F is the row scale there).
   CUTLASS_DEVICE float result(int i) const {
-    if (kMultiGroup) return acc_f[i];
-    return f_cur[Layout::row_slot(i)] * static_cast<float>(sg[i]);
+    if constexpr (kMultiGroup) return acc_f[i];
+    return static_cast<float>(sg[i]);
   }
 };
 
@@ -352,8 +373,49 @@ __global__ void __launch_bounds__(Cfg::kThreads, kMultiGroup ? 1 : Cfg::kMinBloc
     const int row0 = tile_m * Cfg::kM + warp_m * Cfg::kWarpM;
     const int col0 = tile_n * Cfg::kN + warp_n * Cfg::kWarpN;
 
+    using Scales = EpilogueScales<Cfg>;
+    Scales scales;
+    auto load_scales = [&]() {
+      CUTLASS_PRAGMA_UNROLL
+      for (int r = 0; r < Layout::kRowsPerThread; ++r) {
+        const int row = row0 + Layout::row_of_slot(r, lane);
+        const bool valid = row < m_e;
+        if constexpr (kHybrid) {
+          scales.row[r] = kMultiGroup ? 1.0f
+                                      : (valid ? __ldg(p.a_f + static_cast<int64_t>(row_begin + row) * p.num_groups)
+                                               : 0.0f);
+        } else {
+          scales.row[r] = !p.a_scale_per_row ? __ldg(p.a_scale) : (valid ? __ldg(p.a_scale + row_begin + row) : 0.0f);
+        }
+      }
+      const bool per_channel = kHybrid || p.b_scale_per_channel;
+      const float* w_scale = p.b_scale + (per_channel ? static_cast<int64_t>(e) * p.n : e);
+      CUTLASS_PRAGMA_UNROLL
+      for (int c = 0; c < Scales::kCols; ++c) {
+        const int col = col0 + Scales::col_of_slot(c, lane);
+        scales.col[c] = col < p.n ? __ldg(w_scale + (per_channel ? col : 0)) : 0.0f;
+      }
+    };
+
+    // Epilogue: scale, convert, store pairs of adjacent columns.
+    auto store = [&](auto&& value) {
+      const bool vector_ok = (p.n % 2) == 0;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < Layout::kCount; i += 2) {
+        const int slot = Layout::row_slot(i);
+        const int row = row0 + Layout::row_of_slot(slot, lane);
+        const int col = col0 + Layout::col(i, lane);
+        if (row < m_e && col < p.n) {
+          const int c = Scales::col_slot(i);
+          OutT* dst = static_cast<OutT*>(p.out) + (static_cast<int64_t>(row_begin) + row) * p.n + col;
+          store_pair(dst, value(i) * scales.row[slot] * scales.col[c],
+                     value(i + 1) * scales.row[slot] * scales.col[c + 1], col + 1 < p.n, vector_ok);
+        }
+      }
+    };
+
     if constexpr (kHybrid) {
-      HybridHook<Cfg, kMultiGroup> hook(p, k_tiles);
+      HybridHook<Cfg, kMultiGroup, decltype(load_scales)> hook(p, load_scales, k_tiles);
       hook.sg.clear();
       if constexpr (kMultiGroup) {
         CUTLASS_PRAGMA_UNROLL
@@ -366,47 +428,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, kMultiGroup ? 1 : Cfg::kMinBloc
       }
       hook.load_q(hook.q_cur, 0);
       loop.run(it_a, it_b, k_tiles, acc, hook);
-      hook.finish();
-      // Epilogue: per-channel weight scale, convert, store.
-      const float* w_scale = p.b_scale + static_cast<int64_t>(e) * p.n;
-      const bool vector_ok = (p.n % 2) == 0;
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < Layout::kCount; i += 2) {
-        const int row = row0 + Layout::row_of_slot(Layout::row_slot(i), lane);
-        const int col = col0 + Layout::col(i, lane);
-        if (row < m_e && col < p.n) {
-          const bool both = col + 1 < p.n;
-          const float s0 = __ldg(w_scale + col);
-          const float s1 = both ? __ldg(w_scale + col + 1) : 0.0f;
-          OutT* dst = static_cast<OutT*>(p.out) + (static_cast<int64_t>(row_begin) + row) * p.n + col;
-          store_pair(dst, hook.result(i) * s0, hook.result(i + 1) * s1, both, vector_ok);
-        }
-      }
+      store([&](int i) { return hook.result(i); });
     } else {
-      PlainHook hook;
+      PlainHook<decltype(load_scales)> hook{load_scales, k_tiles - 1};
       loop.run(it_a, it_b, k_tiles, acc, hook);
-      float row_scale[Layout::kRowsPerThread];
-      CUTLASS_PRAGMA_UNROLL
-      for (int r = 0; r < Layout::kRowsPerThread; ++r) {
-        const int row = row0 + Layout::row_of_slot(r, lane);
-        row_scale[r] = p.a_scale_per_row ? (row < m_e ? __ldg(p.a_scale + row_begin + row) : 0.0f) : __ldg(p.a_scale);
-      }
-      const float* w_scale = p.b_scale + (p.b_scale_per_channel ? static_cast<int64_t>(e) * p.n : e);
-      const int w_stride = p.b_scale_per_channel ? 1 : 0;
-      const bool vector_ok = (p.n % 2) == 0;
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < Layout::kCount; i += 2) {
-        const int slot = Layout::row_slot(i);
-        const int row = row0 + Layout::row_of_slot(slot, lane);
-        const int col = col0 + Layout::col(i, lane);
-        if (row < m_e && col < p.n) {
-          const bool both = col + 1 < p.n;
-          const float s0 = row_scale[slot] * __ldg(w_scale + col * w_stride);
-          const float s1 = both ? row_scale[slot] * __ldg(w_scale + (col + 1) * w_stride) : 0.0f;
-          OutT* dst = static_cast<OutT*>(p.out) + (static_cast<int64_t>(row_begin) + row) * p.n + col;
-          store_pair(dst, static_cast<float>(acc[i]) * s0, static_cast<float>(acc[i + 1]) * s1, both, vector_ok);
-        }
-      }
+      store([&](int i) { return static_cast<float>(acc[i]); });
     }
   }
 }

@@ -153,7 +153,8 @@ DISTRIBUTIONS = {
     "one_hot_expert": (16, [0] * 3 + [333] + [0] * 12, None, None),
     "routed_decode": (256, None, 64, 8),      # 512 rows over 256 experts: the 64-row tile, many empty experts
     "routed_prefill": (64, None, 1024, 4),    # 4096 rows, ~64 per expert
-    "big_experts": (4, [700, 0, 513, 300], None, None),  # 128-row tiles (rows/E > 96)
+    "big_experts": (4, [700, 0, 513, 300], None, None),
+    "huge_experts": (2, [2100, 333], None, None),  # rows / E > 1024: the 128-row tile
 }
 
 
@@ -201,6 +202,30 @@ def test_int8_hybrid_grouped_mm(dist, k, n, super_group, out_dtype, seeded):
                                           out_dtype)
     ref = ref_hybrid(a, a_q, a_f, b, b_scale, offsets, 128, super_group)
     assert_close(out, ref, out_dtype, int(offsets[-1]))
+
+
+@gpu
+@pytest.mark.parametrize("tile_m", ["64", "128"])
+@pytest.mark.parametrize("dist", ["uneven_with_empty", "routed_decode", "big_experts"])
+@pytest.mark.parametrize("k,n,super_group", [(2064, 200, 65), (2048, 512, 65), (7168, 512, 16)])
+def test_forced_tile(tile_m, dist, k, n, super_group, monkeypatch, seeded):
+    """Both tile shapes on the same data (MOEJIT_INT8_GEMM_TILE_M overrides the shape-based choice)."""
+    monkeypatch.setenv("MOEJIT_INT8_GEMM_TILE_M", tile_m)
+    e, counts = _counts(dist, seeded)
+    offsets = offsets_from_counts(counts)
+    rows = int(offsets[-1])
+    off = offsets.to(DEV)
+    if k % 128 == 0:
+        a, a_q, a_f, b, b_scale = make_hybrid_inputs(rows, e, n, k, 16, super_group, seeded)
+        out = int8_ops.int8_hybrid_grouped_mm(a, a_q, a_f, b, b_scale, off, 128, super_group, 16, torch.bfloat16)
+        assert_close(out, ref_hybrid(a, a_q, a_f, b, b_scale, offsets, 128, super_group), torch.bfloat16, rows)
+    else:
+        a = rand_int8((rows, k), seeded).to(DEV)
+        b = rand_int8((e, n, k), seeded).to(DEV)
+        b_scale = (0.5 + torch.rand(e, n, generator=seeded)).to(DEV) / (127.0 * k**0.5)
+    a_scale = (0.5 + torch.rand(rows, generator=seeded)).to(DEV) / 127.0
+    out = int8_ops.int8_grouped_mm(a, a_scale, b, b_scale, off, torch.float16)
+    assert_close(out, ref_per_tensor(a, a_scale, b, b_scale, offsets), torch.float16, rows)
 
 
 @gpu
@@ -288,8 +313,9 @@ def test_cuda_graph_capture_and_device_offsets(seeded):
             dst.copy_(src)
         graph.replay()
         torch.cuda.synchronize()
-        assert_close(out_h, ref_hybrid(a, a_q, a_f, b, b_scale, offsets, 128, s), torch.bfloat16, rows)
-        assert_close(out_p, ref_per_tensor(a, a_scale, b, b_scale, offsets), torch.bfloat16, rows)
+        valid = int(offsets[-1])
+        assert_close(out_h, ref_hybrid(a, a_q, a_f, b, b_scale, offsets, 128, s), torch.bfloat16, valid)
+        assert_close(out_p, ref_per_tensor(a, a_scale, b, b_scale, offsets), torch.bfloat16, valid)
 
 
 @gpu
