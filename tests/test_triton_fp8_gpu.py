@@ -9,6 +9,8 @@ Tolerances (relative Frobenius error, moejit.reference.rel_error):
   rounding per element, ~2-3% rms through two quantized GEMMs).
 """
 
+import os
+
 import pytest
 import torch
 
@@ -96,9 +98,12 @@ CASES += [("qwen3.6-35b-a3b", "token_channel", 4096), ("mixtral-8x7b", "token_ch
 def test_layer_vs_references(gen, name, mode, m):
     out, ref, (a, w1f, w2f, tw, ids) = run_layer(name, mode, m, gen)
     err = rel_error(out, ref)
+    err_f = rel_error(out, moe_ref(a, w1f, w2f, tw, ids))
+    if os.environ.get("MOEJIT_ERR_LOG"):  # the measured errors, for the notes
+        with open(os.environ["MOEJIT_ERR_LOG"], "a") as f:
+            f.write(f"{name} {mode} M={m}: vs moe_fp8_ref {err:.3g}, vs moe_ref {err_f:.3g}\n")
     assert err <= 1e-2, f"vs moe_fp8_ref: {err:.4g}"
     if mode != "static_tensor":  # a guessed static intermediate scale clips; the unquantized comparison is unfair
-        err_f = rel_error(out, moe_ref(a, w1f, w2f, tw, ids))
         assert err_f <= 0.08, f"vs moe_ref: {err_f:.4g}"
 
 
@@ -178,8 +183,16 @@ def test_alignment_large(gen):
         rs, rex, rtot = align_block_size_ref(ids, e, bm)
         assert tot.item() == rtot.item() and torch.equal(ex.cpu(), rex)
         t = tot.item()
-        got = s[:t].view(-1, bm).sort(dim=1).values.cpu()
-        assert torch.equal(got, rs[:t].view(-1, bm).sort(dim=1).values)
+        s = s.cpu()
+        # the order inside one expert's run is unspecified (chunks claim ranges with atomics): compare each run
+        # as a multiset, real slots first, then the sentinel padding
+        starts = torch.nonzero(torch.diff(rex[: t // bm], prepend=torch.tensor([-1]))).flatten().tolist()
+        for i, b0 in enumerate(starts):
+            b1 = starts[i + 1] if i + 1 < len(starts) else t // bm
+            run, ref_run = s[b0 * bm:b1 * bm], rs[b0 * bm:b1 * bm]
+            assert torch.equal(run.sort().values, ref_run.sort().values)
+            real = int((run < m * topk).sum())
+            assert (run[:real] < m * topk).all()  # padding only at the end of the run
         assert (s[t:] == m * topk).all()
 
 

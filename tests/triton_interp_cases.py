@@ -97,9 +97,12 @@ def test_quant(seeded, mode, silu):
         ok = ((a - b).abs() <= step) | (((a * 2 - b).abs() <= step) & (torch.frexp(a.abs()).mantissa == 0.5))
         assert ok.all(), f"{int((~ok).sum())} values differ by more than one e4m3 step"
     else:
-        torch.testing.assert_close(s, ref_s, rtol=0, atol=0)
-        s_full = ref_s.reshape(-1, 1) if mode != "group" else ref_s.repeat_interleave(128, dim=1)
-        assert_fp8_equal(q[live], ref_q, (xr[live] / s_full).clamp(-448, 448))
+        # torch on the CPU divides amax by 448 exactly, on CUDA (and the kernel everywhere) multiplies by fl(1/448):
+        # scales agree within one float32 ulp; the values must then be exactly x / (the kernel's scale)
+        torch.testing.assert_close(s, ref_s, rtol=2.4e-7, atol=0)
+        s_full = s.reshape(-1, 1) if mode != "group" else s.repeat_interleave(128, dim=1)
+        unrounded = (xr[live] / s_full).clamp(-448, 448)
+        assert_fp8_equal(q[live], unrounded.to(torch.float8_e4m3fn), unrounded)
 
 
 @pytest.mark.parametrize("mode", ["token_channel", "tensor_tensor", "static", "block"])

@@ -3,7 +3,8 @@ per-tensor, each optionally fused with SiLU·mul of a ``[rows, 2N]`` gate ‖ up
 
 Semantics are exactly :func:`moejit.reference.fp8_quant_ref`'s (and its INT8 analogue): dynamic scales are
 ``max(amax / QMAX, 1e-12)``; ``q = clamp(x / scale, ±QMAX)`` converted with round-to-nearest-even (e4m3 for FP8,
-``rint`` for INT8). Divisions are IEEE-rounded (``div_rn``) so the kernels agree bit for bit with torch. With SiLU,
+``rint`` for INT8). Bit for bit as torch computes the reference on CUDA: ``amax / QMAX`` as ``amax · fl(1/QMAX)``
+(what torch does for a division by a Python scalar on the GPU) and ``x / scale`` as an IEEE-rounded division. With SiLU,
 ``silu(gate) · up`` is computed in float32 and rounded to the input dtype first, as the reference stores the
 GEMM1 output in the activation dtype.
 
@@ -48,8 +49,8 @@ def _load_row_chunk(x_ptr, row, cols, mask, stride_xm, n_cols, HAS_SILU: tl.cons
 
 
 @triton.jit
-def _to_q(v, inv_scale_div, QMAX: tl.constexpr, q_dtype: tl.constexpr, IS_INT: tl.constexpr):
-    y = tl.math.div_rn(v, inv_scale_div)
+def _to_q(v, scale, QMAX: tl.constexpr, q_dtype: tl.constexpr, IS_INT: tl.constexpr):
+    y = tl.math.div_rn(v, scale)
     y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
     if IS_INT:
         y = tl.extra.cuda.libdevice.rint(y)
@@ -98,7 +99,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, stride_xm, stride_qm, strid
                 cols = (c0 + tl.arange(0, GPB)[:, None] * GROUP + tl.arange(0, GROUP)[None, :])
                 mask = cols < n_cols
                 v = _load_row_chunk(x_ptr, row, cols, mask, stride_xm, n_cols, HAS_SILU)
-                s = tl.maximum(tl.math.div_rn(tl.max(tl.abs(v), axis=1), QMAX), MIN_S)
+                s = tl.maximum(tl.max(tl.abs(v), axis=1) * (1.0 / QMAX), MIN_S)
                 tl.store(q_row + cols, _to_q(v, s[:, None], QMAX, q_dtype, IS_INT), mask=mask)
                 tl.store(s_ptr + row.to(tl.int64) * stride_sm + g_idx, s, mask=g_idx * GROUP < n_cols)
         else:
@@ -108,10 +109,10 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, stride_xm, stride_qm, strid
                     cols = c0 + tl.arange(0, BLOCK)
                     v = _load_row_chunk(x_ptr, row, cols, cols < n_cols, stride_xm, n_cols, HAS_SILU)
                     m = tl.maximum(m, tl.abs(v))
-                s = tl.maximum(tl.math.div_rn(tl.max(m, axis=0), QMAX), MIN_S)
+                s = tl.maximum(tl.max(m, axis=0) * (1.0 / QMAX), MIN_S)
                 tl.store(s_ptr + row.to(tl.int64) * stride_sm, s)
             elif MODE == 1:
-                s = tl.maximum(tl.math.div_rn(tl.load(s_ptr), QMAX), MIN_S)
+                s = tl.maximum(tl.load(s_ptr) * (1.0 / QMAX), MIN_S)
             else:
                 s = tl.load(s_ptr)
             for c0 in range(0, n_cols, BLOCK):
@@ -123,7 +124,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, stride_xm, stride_qm, strid
 
 @triton.jit
 def _finish_tensor_scale_kernel(amax_ptr, QMAX: tl.constexpr, MIN_S: tl.constexpr):
-    tl.store(amax_ptr, tl.maximum(tl.math.div_rn(tl.load(amax_ptr), QMAX), MIN_S))
+    tl.store(amax_ptr, tl.maximum(tl.load(amax_ptr) * (1.0 / QMAX), MIN_S))
 
 
 def quantize_activations(x: torch.Tensor, q_dtype: torch.dtype = FP8_DTYPE, *, scale: torch.Tensor | None = None,
