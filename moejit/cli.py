@@ -151,9 +151,11 @@ def info() -> None:
 def _register_subcommands() -> None:
     """Commands that live with their subsystem (each module imports torch only when its command runs)."""
     from moejit.bench.cli import bench
+    from moejit.bench.int8.cli import bench_int8
     from moejit.triton.tune import tune
 
     main.add_command(bench)
+    main.add_command(bench_int8)
     main.add_command(tune)
 
 

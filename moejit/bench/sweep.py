@@ -371,7 +371,7 @@ class Sweep:
                 for cfg in cfgs:
                     self._fill_all(cfg, STATUS_NA, "")
                 continue
-            self.progress("weights", f"{shape.name} TP={shape.tp}: FP8 weights "
+            self.progress("weights", f"{shape.name} TP={shape.tp}: {self.rate_kind.upper()} weights "
                                      f"({weight_bytes(shape, per_out_ch) / 2**30:.2f} GiB)", 0)
             try:
                 weights = self.make_weights(shape, per_out_ch)
