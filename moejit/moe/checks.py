@@ -115,3 +115,38 @@ def check_act_scale(name: str, scale: torch.Tensor | None, per_act_token: bool) 
     if scale.numel() != 1:
         raise MoejitInputError(f"{name} must hold one element (static per-tensor scale), got shape "
                                f"{tuple(scale.shape)}")
+
+
+def check_quantized_moe(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_weights: torch.Tensor,
+                        topk_ids: torch.Tensor, w1_scale: torch.Tensor, w2_scale: torch.Tensor,
+                        a1_scale: torch.Tensor | None, a2_scale: torch.Tensor | None, *, per_act_token: bool,
+                        per_out_ch: bool, activation: str, out_dtype: torch.dtype | None, weight_dtype: torch.dtype,
+                        block_shape: tuple[int, int] | None = None) -> tuple[MoeShape, torch.dtype]:
+    """Every check of a quantized MoE layer's arguments (``cutlass_moe_fp8``, ``triton_moe_fp8``/``_int8``):
+    weights and routing, weight-scale layouts against ``per_out_ch``/``block_shape``, static activation scales,
+    devices, activation and output dtype. ``block_shape`` must already be a pair of ints. Returns the shape (with
+    topk) and the resolved output dtype (``a.dtype`` when None)."""
+    shape = check_moe_weights(a, w1_q, w2_q, weight_dtype, multiple_of=16)
+    e, k, n = shape.num_experts, shape.k, shape.n
+    topk = check_routing(a, topk_weights, topk_ids, e)
+    if block_shape is not None:
+        bk = block_shape[1]
+        if k % bk or n % bk:
+            raise MoejitInputError(f"block_shape {block_shape}: K = {k} and N = {n} must be multiples of block_k "
+                                   "(the activations are quantized in 1×block_k groups)")
+        if per_act_token or per_out_ch:
+            raise MoejitInputError("block_shape selects block-wise scales; per_act_token/per_out_ch must be False")
+        if a1_scale is not None or a2_scale is not None:
+            raise MoejitInputError("block_shape quantizes activations dynamically in 1×block_k groups; "
+                                   "a1_scale/a2_scale must be None")
+    weight_scale_mode("w1_scale", w1_scale, e, 2 * n, k, per_out_ch, block_shape)
+    weight_scale_mode("w2_scale", w2_scale, e, k, n, per_out_ch, block_shape)
+    check_act_scale("a1_scale", a1_scale, per_act_token)
+    check_act_scale("a2_scale", a2_scale, per_act_token)
+    check_same_device(a=a, w1_scale=w1_scale, w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale)
+    if activation != "silu":
+        raise MoejitInputError(f"activation must be 'silu', got {activation!r}")
+    out_dtype = a.dtype if out_dtype is None else out_dtype
+    if out_dtype not in FLOAT16_TYPES:
+        raise MoejitInputError(f"out_dtype must be bfloat16 or float16, got {out_dtype}")
+    return MoeShape(shape.m, k, n, e, topk), out_dtype

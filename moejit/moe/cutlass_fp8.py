@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import torch
 
-from moejit.errors import MoejitInputError
-
 # moejit.ops re-exports this module, so everything under moejit.ops (and moejit.moe.checks, which uses it) is
 # imported when the layer is first called, not at import time: that keeps every import order cycle-free.
 
@@ -49,24 +47,14 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
 
     Returns ``[M, K]`` in ``out_dtype``. Raises :class:`moejit.errors.MoejitInputError` on bad input.
     """
-    from moejit.moe.checks import FP8, check_act_scale, check_moe_weights, check_routing, weight_scale_mode
-    from moejit.ops._validate import FLOAT16_TYPES, check_same_device
+    from moejit.moe.checks import FP8, check_quantized_moe
     from moejit.ops.common import moe_permute, moe_unpermute
     from moejit.ops.fp8 import cutlass_fp8_grouped_mm, fp8_quant, grouped_mm_config, silu_mul_fp8_quant
 
-    shape = check_moe_weights(a, w1_q, w2_q, FP8, multiple_of=16)
-    e, k, n = shape.num_experts, shape.k, shape.n
-    topk = check_routing(a, topk_weights, topk_ids, e)
-    weight_scale_mode("w1_scale", w1_scale, e, 2 * n, k, per_out_ch, None)
-    weight_scale_mode("w2_scale", w2_scale, e, k, n, per_out_ch, None)
-    check_act_scale("a1_scale", a1_scale, per_act_token)
-    check_act_scale("a2_scale", a2_scale, per_act_token)
-    check_same_device(a=a, w1_scale=w1_scale, w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale)
-    if activation != "silu":
-        raise MoejitInputError(f"activation must be 'silu', got {activation!r}")
-    out_dtype = a.dtype if out_dtype is None else out_dtype
-    if out_dtype not in FLOAT16_TYPES:
-        raise MoejitInputError(f"out_dtype must be bfloat16 or float16, got {out_dtype}")
+    shape, out_dtype = check_quantized_moe(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale,
+                                           a2_scale, per_act_token=per_act_token, per_out_ch=per_out_ch,
+                                           activation=activation, out_dtype=out_dtype, weight_dtype=FP8)
+    e, k, n, topk = shape.num_experts, shape.k, shape.n, shape.topk
 
     m = a.shape[0]
     if m == 0:

@@ -25,12 +25,8 @@ def _check_args(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_sc
                 per_out_ch, block_shape, activation, out_dtype, q_dtype):
     # imported here: moejit.moe.checks pulls in moejit.ops, whose __init__ imports this module
     import moejit.ops  # noqa: F401  (completes the package first, whichever module was imported first)
-    from moejit.moe.checks import check_act_scale, check_moe_weights, check_routing, weight_scale_mode
-    from moejit.ops._validate import FLOAT16_TYPES, check_same_device
+    from moejit.moe.checks import check_quantized_moe
 
-    shape = check_moe_weights(a, w1_q, w2_q, q_dtype, multiple_of=16)
-    e, k, n = shape.num_experts, shape.k, shape.n
-    check_routing(a, topk_weights, topk_ids, e)
     if block_shape is not None:
         try:
             bn, bk = (int(v) for v in block_shape)
@@ -39,24 +35,10 @@ def _check_args(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_sc
         block_shape = (bn, bk)
         if bn < 1 or bk < 16 or bk & (bk - 1):
             raise MoejitInputError(f"block_shape {block_shape}: block_k must be a power of two >= 16, block_n >= 1")
-        if k % bk or n % bk:
-            raise MoejitInputError(f"block_shape {block_shape}: K = {k} and N = {n} must be multiples of block_k "
-                                   "(the activations are quantized in 1×block_k groups)")
-        if per_act_token or per_out_ch:
-            raise MoejitInputError("block_shape selects block-wise scales; per_act_token/per_out_ch must be False")
-        if a1_scale is not None or a2_scale is not None:
-            raise MoejitInputError("block_shape quantizes activations dynamically in 1×block_k groups; "
-                                   "a1_scale/a2_scale must be None")
-    weight_scale_mode("w1_scale", w1_scale, e, 2 * n, k, per_out_ch, block_shape)
-    weight_scale_mode("w2_scale", w2_scale, e, k, n, per_out_ch, block_shape)
-    check_act_scale("a1_scale", a1_scale, per_act_token)
-    check_act_scale("a2_scale", a2_scale, per_act_token)
-    check_same_device(a=a, w1_scale=w1_scale, w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale)
-    if activation != "silu":
-        raise MoejitInputError(f"activation must be 'silu', got {activation!r}")
-    out_dtype = a.dtype if out_dtype is None else out_dtype
-    if out_dtype not in FLOAT16_TYPES:
-        raise MoejitInputError(f"out_dtype must be bfloat16 or float16, got {out_dtype}")
+    shape, out_dtype = check_quantized_moe(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale,
+                                           a2_scale, per_act_token=per_act_token, per_out_ch=per_out_ch,
+                                           activation=activation, out_dtype=out_dtype, weight_dtype=q_dtype,
+                                           block_shape=block_shape)
     if a.is_cuda:
         major, minor = torch.cuda.get_device_capability(a.device)
         if q_dtype == FP8 and (major, minor) < (8, 9):
