@@ -52,7 +52,7 @@ def triton_moe_int8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
                     per_act_token: bool = False, per_out_ch: bool = False,
                     block_shape: tuple[int, int] | None = None, activation: str = "silu",
                     out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """INT8 W8A8 MoE layer (Triton fused GEMMs): ``Σ_j w[m,j] · W2[e]·SiLU·mul(W1[e]·a[m])``, ``e = topk_ids[m,j]``.
+    """INT8 W8A8 MoE layer (Triton fused GEMMs): ``Σ_j w[m,j] · W2[e]·SiLU·mul(W1[e]·a[m])``, e = topk_ids[m,j].
 
     The signature and conventions of :func:`moejit.ops.triton_moe_fp8`, with int8 weights:
 

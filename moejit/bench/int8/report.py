@@ -58,8 +58,9 @@ def render_shape_table(key: tuple, rows: Sequence[CellResult], caption: str = ""
     """One shape: for each batch size, one row per backend — µs (median, p10–p90), speedup vs Triton INT8
     (per-token × per-channel), % of the INT8 roofline, achieved TFLOP/s, error vs the float32 layer."""
     table = Table(title=shape_title(key), title_justify="left",
-                  caption=caption or "µs per call, median (p10–p90); × = speedup vs Triton INT8 tok×ch (≈: within "
-                                     "the spread); % of the INT8 roofline; error vs the unquantized float32 layer")
+                  caption=caption or ("µs per call, median (p10–p90); × = speedup vs Triton INT8 tok×ch (≈: "
+                                      "within the spread); % of the INT8 roofline; error vs the unquantized "
+                                      "float32 layer"))
     table.add_column("M", justify="right", style="bold")
     table.add_column("backend")
     table.add_column("µs", justify="right")
@@ -132,7 +133,8 @@ def render_summary(results: Sequence[CellResult]) -> Table:
                 if bad:
                     problems.append(f"{len(bad)} {text}")
             table.add_row(shape_title(key), label(b), f"{sum(r.usable for r in mine)}/{len(mine)}",
-                          "[dim]baseline[/]" if b == BASELINE else (f"{geo:.2f}×" if geo is not None else "[dim]–[/]"),
+                          "[dim]baseline[/]" if b == BASELINE
+                          else (f"{geo:.2f}×" if geo is not None else "[dim]–[/]"),
                           "[dim]–[/]" if b == BASELINE else f"{wins} / {ties} / {losses}",
                           f"{max(pcts):.0f}%" if pcts else "[dim]–[/]",
                           "[red]" + "; ".join(problems) + "[/]" if problems else "[green]none[/]",
@@ -148,8 +150,8 @@ def render_stage_table(key: tuple, rows: Sequence[StageResult]) -> Table:
                 f"{'on' if r0.fused_silu_quant else 'off'}")
     methods = sorted({r.method for r in rows if r.method})
     table = Table(title=f"CUTLASS INT8 hybrid per stage · {shape_title(key)} · {switches}", title_justify="left",
-                  caption="µs of each stage inside one captured forward: median (p10–p90) and mean over the replays; "
-                          "share = mean / mean of the total. Method: " + ("; ".join(methods) or "–"))
+                  caption="µs of each stage inside one captured forward: median (p10–p90) and mean over the "
+                          "replays; share = mean / mean of the total. Method: " + ("; ".join(methods) or "–"))
     for col, justify in (("M", "right"), ("stage", "left"), ("median µs", "right"), ("p10–p90", "right"),
                          ("mean µs", "right"), ("share", "right")):
         table.add_column(col, justify=justify)

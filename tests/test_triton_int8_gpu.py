@@ -1,0 +1,221 @@
+"""GPU tests of the Triton INT8 W8A8 MoE layer (moejit.ops.triton_moe_int8).
+
+Tolerances (relative Frobenius error, moejit.reference.rel_error), as for the FP8 layer (tests/test_triton_fp8_gpu.py):
+- vs moe_int8_w8a8_ref (float32, simulating the exact quantization: same scales, same rint rounding): ≤ 1e-2.
+  The int8 products are exact and summed in int32 (per K step for block scales, then float32), so what differs is
+  the bf16 rounding of the intermediate and of the per-slot GEMM2 outputs (2^-9 relative) and the int8 rounding
+  flips (one step of 1/127 of a row's amax) those cause in the intermediate's quantization.
+- vs moe_ref (float32, unquantized weights and activations): ≤ 0.08.
+"""
+
+import os
+
+import pytest
+import torch
+
+from moejit.errors import MoejitInputError
+from moejit.moe.triton_int8 import moe_int8_w8a8_ref, quantize_weights_int8_w8a8
+from moejit.reference import moe_ref, rel_error
+
+pytestmark = pytest.mark.gpu
+
+# (E, topk, K = hidden, N = intermediate per shard)
+SHAPES = {
+    "mixtral-8x7b": (8, 2, 4096, 14336),
+    "qwen3.6-35b-a3b": (256, 8, 2048, 512),
+    "deepseek-v3-tp8": (256, 8, 7168, 256),
+}
+MODES = {  # name: (per_act_token, per_out_ch, block_shape, static activation scales)
+    "token_channel": (True, True, None, False),
+    "block128": (False, False, (128, 128), False),
+    "tensor_channel": (False, True, None, False),
+    "tensor_tensor": (False, False, None, False),
+    "static_tensor": (False, False, None, True),
+}
+
+
+@pytest.fixture(scope="module")
+def gen():
+    seed = torch.randint(0, 2**31 - 1, ()).item()
+    print(f"seed={seed}")
+    return torch.Generator(device="cuda").manual_seed(seed)
+
+
+_weights = {}
+
+
+def weights(name, gen, per_out_ch, block_shape):
+    """Float weights (unit-variance outputs) and their int8 quantization in the requested layout, cached."""
+    e, topk, k, n = SHAPES[name]
+    if name not in _weights:
+        _weights.clear()  # one model's float weights at a time
+        w1 = torch.randn(e, 2 * n, k, device="cuda", generator=gen) / k ** 0.5
+        w2 = torch.randn(e, k, n, device="cuda", generator=gen) / n ** 0.5
+        _weights[name] = {"float": (w1, w2)}
+    key = (per_out_ch, block_shape)
+    if key not in _weights[name]:
+        w1, w2 = _weights[name]["float"]
+        _weights[name][key] = (quantize_weights_int8_w8a8(w1, per_out_ch, block_shape),
+                               quantize_weights_int8_w8a8(w2, per_out_ch, block_shape))
+    return _weights[name]["float"], _weights[name][key]
+
+
+def routing(m, e, topk, gen, dtype=torch.int32):
+    scores = torch.rand(m, e, device="cuda", generator=gen)
+    w, ids = torch.topk(torch.softmax(scores, dim=-1), topk, dim=-1)
+    return w / w.sum(dim=-1, keepdim=True), ids.to(dtype)
+
+
+def run_layer(name, mode, m, gen, dtype=torch.bfloat16, ids_override=None, topk=None, out_dtype=None):
+    from moejit.ops import triton_moe_int8
+
+    e, default_topk, k, n = SHAPES[name]
+    topk = topk or default_topk
+    per_token, per_ch, block, static = MODES[mode]
+    (w1f, w2f), ((w1, s1), (w2, s2)) = weights(name, gen, per_ch, block)
+    a = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
+    tw, ids = routing(m, e, topk, gen)
+    if ids_override is not None:
+        ids = ids_override(ids)
+    a1 = a2 = None
+    if static:
+        a1 = (a.float().abs().amax() / 127).reshape(1)
+        a2 = torch.full((1,), 4.0 / 127, device="cuda")  # a plausible calibrated intermediate scale
+    out = triton_moe_int8(a, w1, w2, tw, ids, s1, s2, a1, a2, per_act_token=per_token, per_out_ch=per_ch,
+                          block_shape=block, out_dtype=out_dtype)
+    assert out.dtype == (out_dtype or dtype) and out.shape == (m, k)
+    ref = moe_int8_w8a8_ref(a, w1, w2, tw, ids, s1, s2, a1, a2, per_act_token=per_token, block_shape=block)
+    return out, ref, (a, w1f, w2f, tw, ids)
+
+
+CASES = [(name, mode, m) for name in SHAPES for mode in ("token_channel", "block128") for m in (1, 37, 512)]
+CASES += [("qwen3.6-35b-a3b", mode, 200) for mode in ("tensor_channel", "tensor_tensor", "static_tensor")]
+CASES += [("qwen3.6-35b-a3b", "token_channel", 4096), ("qwen3.6-35b-a3b", "block128", 8192),
+          ("mixtral-8x7b", "token_channel", 2048), ("mixtral-8x7b", "block128", 2048)]
+
+
+@pytest.mark.parametrize("name,mode,m", CASES)
+def test_layer_vs_references(gen, name, mode, m):
+    out, ref, (a, w1f, w2f, tw, ids) = run_layer(name, mode, m, gen)
+    err = rel_error(out, ref)
+    err_f = rel_error(out, moe_ref(a, w1f, w2f, tw, ids))
+    if os.environ.get("MOEJIT_ERR_LOG"):  # the measured errors, for the notes
+        with open(os.environ["MOEJIT_ERR_LOG"], "a") as f:
+            f.write(f"int8 {name} {mode} M={m}: vs moe_int8_w8a8_ref {err:.3g}, vs moe_ref {err_f:.3g}\n")
+    assert err <= 1e-2, f"vs moe_int8_w8a8_ref: {err:.4g}"
+    if mode != "static_tensor":  # a guessed static intermediate scale clips; the unquantized comparison is unfair
+        assert err_f <= 0.08, f"vs moe_ref: {err_f:.4g}"
+
+
+def test_hot_empty_dropped_topk1_fp16(gen):
+    """All tokens on one expert in one slot (a hot expert far larger than a block), most experts empty, dropped
+    slots (-1), fp16 activations with bf16 output; then topk=1; then every slot dropped."""
+    def skew(ids):
+        ids = ids.clone()
+        ids[:, 0] = 3
+        ids[::7, 1] = -1
+        return ids
+
+    for mode in ("token_channel", "tensor_tensor", "block128"):
+        out, ref, _ = run_layer("qwen3.6-35b-a3b", mode, 300, gen, dtype=torch.float16, ids_override=skew,
+                                out_dtype=torch.bfloat16)
+        assert rel_error(out, ref) <= 1e-2, mode
+    out, ref, _ = run_layer("mixtral-8x7b", "token_channel", 64, gen, topk=1)
+    assert rel_error(out, ref) <= 1e-2
+    out, ref, _ = run_layer("mixtral-8x7b", "block128", 16, gen, ids_override=lambda i: torch.full_like(i, -1))
+    assert out.abs().max().item() == 0  # every slot dropped: zeros, no NaN from unwritten rows
+
+
+def test_outputs_are_fully_written(gen):
+    """The output buffer is allocated by the layer; poison the caching allocator's next blocks with NaN first so a
+    row left unwritten would show."""
+    for _ in range(3):
+        torch.full((1 << 24,), float("nan"), device="cuda", dtype=torch.bfloat16)  # freed: reused NaN-filled
+    out, ref, _ = run_layer("qwen3.6-35b-a3b", "token_channel", 333, gen)
+    assert torch.isfinite(out).all() and rel_error(out, ref) <= 1e-2
+
+
+def test_m0_int64_ids_and_validation(gen):
+    from moejit.ops import triton_moe_int8
+
+    e, topk, k, n = SHAPES["qwen3.6-35b-a3b"]
+    _, ((w1, s1), (w2, s2)) = weights("qwen3.6-35b-a3b", gen, True, None)
+    a = torch.randn(0, k, device="cuda", dtype=torch.bfloat16)
+    out = triton_moe_int8(a, w1, w2, torch.ones(0, topk, device="cuda"),
+                          torch.zeros(0, topk, device="cuda", dtype=torch.int32), s1, s2, per_act_token=True,
+                          per_out_ch=True)
+    assert out.shape == (0, k)
+    a = torch.randn(33, k, device="cuda", generator=gen).to(torch.bfloat16)
+    tw, ids = routing(33, e, topk, gen, dtype=torch.int64)
+    out = triton_moe_int8(a, w1, w2, tw, ids, s1, s2, per_act_token=True, per_out_ch=True)
+    ref = moe_int8_w8a8_ref(a, w1, w2, tw, ids, s1, s2, per_act_token=True)
+    assert rel_error(out, ref) <= 1e-2
+    with pytest.raises(MoejitInputError, match="int8"):
+        triton_moe_int8(a, w1.to(torch.float8_e4m3fn), w2.to(torch.float8_e4m3fn), tw, ids, s1, s2,
+                        per_act_token=True, per_out_ch=True)
+    with pytest.raises(MoejitInputError, match="per_out_ch"):
+        triton_moe_int8(a, w1, w2, tw, ids, s1, s2, per_act_token=True, per_out_ch=False)
+    with pytest.raises(MoejitInputError, match="block_shape"):
+        triton_moe_int8(a, w1, w2, tw, ids, s1, s2, per_act_token=True, block_shape=(128, 128))
+    with pytest.raises(MoejitInputError, match="outside"):
+        triton_moe_int8(a, w1, w2, tw, torch.full_like(ids, e), s1, s2, per_act_token=True, per_out_ch=True)
+
+
+@pytest.mark.parametrize("mode", ["token_channel", "block128", "tensor_tensor"])
+def test_cuda_graph(gen, mode):
+    """Captured once, replayed on new inputs and new routing written into the captured buffers; the output is
+    poisoned with NaN before each replay."""
+    from moejit.ops import triton_moe_int8
+
+    e, topk, k, n = SHAPES["qwen3.6-35b-a3b"]
+    per_token, per_ch, block, _ = MODES[mode]
+    _, ((w1, s1), (w2, s2)) = weights("qwen3.6-35b-a3b", gen, per_ch, block)
+    m = 200
+    a = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    tw, ids = routing(m, e, topk, gen)
+    kw = dict(per_act_token=per_token, per_out_ch=per_ch, block_shape=block)
+    triton_moe_int8(a, w1, w2, tw, ids, s1, s2, **kw)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = triton_moe_int8(a, w1, w2, tw, ids, s1, s2, **kw)
+    for _ in range(2):
+        a.copy_(torch.randn(m, k, device="cuda", generator=gen))
+        new_tw, new_ids = routing(m, e, topk, gen)
+        new_ids[:50, 0] = 7  # a different expert histogram than at capture time
+        tw.copy_(new_tw)
+        ids.copy_(new_ids)
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = moe_int8_w8a8_ref(a, w1, w2, tw, ids, s1, s2, per_act_token=per_token, block_shape=block)
+        assert rel_error(out, ref) <= 1e-2
+
+
+def test_tuned_table_is_used(gen, tmp_path, monkeypatch):
+    """An int8_w8a8 table (what `moejit tune --dtype int8` writes) is found and the layer still matches."""
+    import json
+
+    from moejit.triton import configs
+
+    e, topk, k, n = SHAPES["qwen3.6-35b-a3b"]
+    cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
+    name = configs.config_file_name(e, n, k, topk, configs.device_name(), "int8_w8a8", "token_channel")
+    (tmp_path / name).write_text(json.dumps({"64": cfg}))
+    monkeypatch.setenv("MOEJIT_TRITON_CONFIG_DIR", str(tmp_path))
+    configs.load_table.cache_clear()
+    try:
+        assert configs.get_config(64, e, n, k, topk, "int8_w8a8", "token_channel") == cfg
+        out, ref, _ = run_layer("qwen3.6-35b-a3b", "token_channel", 64, gen)
+        assert rel_error(out, ref) <= 1e-2
+    finally:
+        configs.load_table.cache_clear()
+
+
+def test_tuner_times_an_int8_config(gen):
+    from moejit.triton import tune
+
+    inputs = tune._make_inputs(8, 2, 256, 128, 64, True, None, torch.int8, gen)
+    cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
+    us = tune.time_config(inputs, (True, True, None), cfg, iters=3)
+    assert us is not None and us > 0
