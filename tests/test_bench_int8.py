@@ -363,3 +363,12 @@ def test_stage_table_rendering_and_messages():
     bad = [blank(None, 8, 0, "a", "error", "boom")]
     assert report.stage_messages(bad) == ["hybrid stages tiny error: boom [M=8]"]
     assert report.stages_csv_path("x/y.csv").name == "y_stages.csv"
+
+
+def test_stage_bench_forwards_to_bench_int8():
+    from moejit.int8 import stage_bench
+
+    assert stage_bench.bench_int8_args("mixtral", [64, 512]) == ["--models", "mixtral-8x7b", "--batch-sizes", "64",
+                                                                 "512"]
+    p = params(stage_bench.bench_int8_args("qwen", [8192]))
+    assert p["models"] == ("qwen3.6-35b-a3b",) and p["batch_sizes"] == (8192,)

@@ -1,9 +1,11 @@
-"""Per-stage timing of the INT8 hybrid MoE layer on a GPU (a benchmark: prints numbers, asserts nothing).
+"""Per-stage timing of the INT8 hybrid MoE layer on a GPU — superseded by ``moejit bench-int8``.
 
-``python -m moejit.int8.stage_bench [--model qwen|mixtral] [--m 64,512,2048,8192]`` times, with the CUDA-graph
-method of :mod:`moejit.bench.timing` (median µs per call, p10–p90 spread), the whole layer in its four fused /
-unfused combinations and each stage alone: permute, the Q/F quantizers (plain / fused permute / fused SiLU),
-silu_and_mul, both hybrid GEMMs and the per-tensor INT8 GEMM on the same shapes, and unpermute.
+``python -m moejit.int8.stage_bench [--model qwen|mixtral] [--m 64,512,2048,8192]`` now runs
+``moejit bench-int8 --models <model> --batch-sizes <m...>`` (the hybrid runner's stages timed inside one captured
+forward, side by side with the other INT8/FP8 layers; see docs/bench_int8.md). ``--ops`` keeps the old behaviour:
+each op timed alone in its own CUDA graph (median µs per call, p10–p90 spread) — permute, the Q/F quantizers (plain /
+fused permute / fused SiLU), silu_and_mul, both hybrid GEMMs and the per-tensor INT8 GEMM on the same shapes,
+unpermute — and the whole layer in its four fused / unfused combinations.
 """
 
 from __future__ import annotations
@@ -65,12 +67,28 @@ def run(model: str, ms: list[int]) -> None:
                 print(f"M={m:5d} {name:34s} FAILED: {type(exc).__name__}: {str(exc)[:200]}")
 
 
+MODEL_NAMES = {"qwen": "qwen3.6-35b-a3b", "mixtral": "mixtral-8x7b"}
+
+
+def bench_int8_args(model: str, ms: list[int]) -> list[str]:
+    """The ``moejit bench-int8`` arguments equivalent to ``--model``/``--m``."""
+    return ["--models", MODEL_NAMES[model], "--batch-sizes", *[str(m) for m in ms]]
+
+
 def main(argv=None) -> None:
+    """Forward to ``moejit bench-int8`` (or, with ``--ops``, time every op alone as before)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=sorted(MODELS), default="qwen")
     p.add_argument("--m", default="64,512,2048,8192")
+    p.add_argument("--ops", action="store_true", help="time each op alone (the old per-op table)")
     args = p.parse_args(argv)
-    run(args.model, [int(v) for v in args.m.split(",")])
+    ms = [int(v) for v in args.m.split(",")]
+    if args.ops:
+        run(args.model, ms)
+        return
+    from moejit.bench.int8.cli import bench_int8
+
+    bench_int8.main(bench_int8_args(args.model, ms), prog_name="moejit bench-int8", standalone_mode=True)
 
 
 if __name__ == "__main__":
