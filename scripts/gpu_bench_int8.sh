@@ -15,8 +15,10 @@
 # every step succeeded.
 set -u
 cd "$(dirname "$0")/.."
+# With $OUT set, everything is written to a scratch folder and packed into $OUT/bench_int8.tar.gz at the end (the
+# device tool brings back at most 8 files); summary.log is copied beside it.
 LOG="${OUT:-$PWD/gpu_logs}/bench_int8"
-[ -n "${OUT:-}" ] && LOG="$OUT"
+[ -n "${OUT:-}" ] && LOG="$(mktemp -d)/bench_int8"
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1 COLUMNS="${COLUMNS:-200}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -98,4 +100,7 @@ step "GPU tests" "$T_TESTS" "$LOG/tests.log" -- \
   printf '%s\n' "${summary[@]}"
   echo "exit status: $status"
 } | tee -a "$LOG/summary.log"
+if [ -n "${OUT:-}" ]; then
+  tar -czf "$OUT/bench_int8.tar.gz" -C "$(dirname "$LOG")" bench_int8 && cp "$LOG/summary.log" "$OUT/int8_summary.log"
+fi
 exit $status
