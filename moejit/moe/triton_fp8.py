@@ -33,8 +33,9 @@ def _check_args(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_sc
         except (TypeError, ValueError):
             raise MoejitInputError(f"block_shape must be a pair (block_n, block_k), got {block_shape!r}") from None
         block_shape = (bn, bk)
-        if bn < 1 or bk < 16 or bk & (bk - 1):
-            raise MoejitInputError(f"block_shape {block_shape}: block_k must be a power of two >= 16, block_n >= 1")
+        if bn < 1 or bk < 32 or bk & (bk - 1):
+            # 32: the K step of the kernel equals block_k at most, and an 8-bit tl.dot needs K >= 32
+            raise MoejitInputError(f"block_shape {block_shape}: block_k must be a power of two >= 32, block_n >= 1")
     shape, out_dtype = check_quantized_moe(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale,
                                            a2_scale, per_act_token=per_act_token, per_out_ch=per_out_ch,
                                            activation=activation, out_dtype=out_dtype, weight_dtype=q_dtype,

@@ -102,8 +102,8 @@ def heuristic_config(m: int, e: int, n: int, k: int, topk: int, block_shape: tup
         cfg = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=16, num_warps=8, num_stages=3)
     if block_shape is not None:
         cfg["BLOCK_SIZE_K"] = min(cfg["BLOCK_SIZE_K"], block_shape[1])
-    # a K smaller than the tile wastes loads: shrink BLOCK_SIZE_K toward K (at least 16)
-    while cfg["BLOCK_SIZE_K"] > 16 and cfg["BLOCK_SIZE_K"] // 2 >= k:
+    # a K smaller than the tile wastes loads: shrink BLOCK_SIZE_K toward K (at least 32: an 8-bit tl.dot needs K >= 32)
+    while cfg["BLOCK_SIZE_K"] > 32 and cfg["BLOCK_SIZE_K"] // 2 >= k:
         cfg["BLOCK_SIZE_K"] //= 2
     return cfg
 
