@@ -16,9 +16,8 @@ import pytest
 import torch
 
 from moejit.errors import MoejitInputError
-from moejit.moe.triton_int8 import (int8_quant_w8a8_ref, moe_int8_w8a8_ref, quantize_weights_int8_w8a8,
-                                    triton_moe_int8)
-from moejit.reference import moe_int8_ref, moe_ref, rel_error
+from moejit.moe.triton_int8 import quantize_weights_int8_w8a8, triton_moe_int8
+from moejit.reference import int8_quant_w8a8_ref, moe_int8_ref, moe_int8_w8a8_ref, moe_ref, rel_error
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from moejit.errors import MoejitInputError
-from moejit.moe.triton_int8 import moe_int8_w8a8_ref, quantize_weights_int8_w8a8
-from moejit.reference import moe_ref, rel_error
+from moejit.moe.triton_int8 import quantize_weights_int8_w8a8
+from moejit.reference import moe_int8_w8a8_ref, moe_ref, rel_error
 
 pytestmark = pytest.mark.gpu
 

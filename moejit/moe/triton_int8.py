@@ -7,8 +7,8 @@ quantized intermediate, GEMM2 with the router weight, masked top-k sum), the sam
 (:mod:`moejit.triton.fused_moe`, which accumulates int8 products in int32 and converts once in the epilogue, or
 per K step for block scales) and the same config tables (:mod:`moejit.triton.configs`, dtype key ``int8_w8a8``;
 ``moejit tune --dtype int8`` writes them). Only what differs lives here: the dtype, the compute-capability floor
-(int8 ``tl.dot`` needs sm_80, not FP8's sm_89), a weight-quantization helper for every scale layout, and a float32
-reference that simulates the layer's exact quantization.
+(int8 ``tl.dot`` needs sm_80, not FP8's sm_89), and a weight-quantization helper for every scale layout (the float32 reference that
+simulates the layer's exact quantization is :func:`moejit.reference.moe_int8_w8a8_ref`).
 
 Quantization (symmetric, range [-127, 127], ``real ≈ q · scale``), as :mod:`moejit.triton.quant` computes it:
 dynamic scales ``max(amax · fl(1/127), 1e-12)``; ``q = rint(clamp(x / scale, ±127))`` (IEEE division, round half to
@@ -19,13 +19,11 @@ even). Modes: per-token activations × per-channel weights (``per_act_token=True
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from moejit.errors import MoejitInputError
+from moejit.reference.int8 import w8a8_round_ref, w8a8_scale_ref
 
 INT8 = torch.int8
-INT8_MAX = 127.0
-MIN_SCALE = 1e-12
 MIN_CAPABILITY = (8, 0)  # int8 tensor-core tl.dot (mma.sync m16n8k32) needs Ampere or newer
 
 
@@ -88,17 +86,8 @@ def triton_moe_int8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Weights and the exact-quantization reference
+# Weights, quantized with the reference's arithmetic (moejit.reference.int8: w8a8_scale_ref, w8a8_round_ref)
 # ---------------------------------------------------------------------------------------------------------------
-
-def _round_half_even_q(v: torch.Tensor) -> torch.Tensor:
-    return torch.round(v.clamp(-INT8_MAX, INT8_MAX)).to(INT8)
-
-
-def _scale_of(amax: torch.Tensor) -> torch.Tensor:
-    """``max(amax · fl(1/127), 1e-12)``: the kernels' dynamic scale, bit for bit on any device."""
-    return (amax.float() * (1.0 / INT8_MAX)).clamp(min=MIN_SCALE)
-
 
 def quantize_weights_int8_w8a8(w: torch.Tensor, per_out_ch: bool = True,
                                block_shape: tuple[int, int] | None = None):
@@ -132,92 +121,17 @@ def quantize_weights_int8_w8a8(w: torch.Tensor, per_out_ch: bool = True,
             padded = torch.zeros((nb * bn, kb * bk), dtype=torch.float32, device=w.device)
             padded[:n, :k] = wf
             blocks = padded.reshape(nb, bn, kb, bk)
-            s = _scale_of(blocks.abs().amax(dim=(1, 3)))
+            s = w8a8_scale_ref(blocks.abs().amax(dim=(1, 3)))
             full = s.repeat_interleave(bn, dim=0).repeat_interleave(bk, dim=1)[:n, :k]
         elif per_out_ch:
-            s = _scale_of(wf.abs().amax(dim=-1))
+            s = w8a8_scale_ref(wf.abs().amax(dim=-1))
             full = s[:, None]
         else:
-            s = _scale_of(wf.abs().amax())
+            s = w8a8_scale_ref(wf.abs().amax())
             full = s
-        w_q[i] = _round_half_even_q(wf / full)
+        w_q[i] = w8a8_round_ref(wf / full)
         scale[i] = s
     return w_q, scale
 
 
-def int8_quant_w8a8_ref(x: torch.Tensor, scale: torch.Tensor | None = None, per_token: bool = False,
-                        group_size: int | None = None):
-    """Quantize ``x [T, C]`` to int8 exactly as :func:`moejit.triton.quant.quantize_activations` does: static
-    ``scale``, dynamic per token ``[T, 1]``, per 1×``group_size`` group ``[T, C/group_size]``, or per tensor
-    ``[1]``. Returns ``(q int8, scale float32)``."""
-    xf = x.float()
-    if scale is not None:
-        s = scale.float().reshape(1)
-        return _round_half_even_q(xf / s), s
-    if group_size is not None:
-        t, c = xf.shape
-        g = xf.reshape(t, c // group_size, group_size)
-        s = _scale_of(g.abs().amax(dim=-1))
-        return _round_half_even_q(g / s[..., None]).reshape(t, c), s
-    if per_token:
-        s = _scale_of(xf.abs().amax(dim=-1, keepdim=True))
-    else:
-        s = _scale_of(xf.abs().amax()).reshape(1)
-    return _round_half_even_q(xf / s), s
-
-
-def _dequant_act(q: torch.Tensor, s: torch.Tensor, group_size: int | None) -> torch.Tensor:
-    if group_size is not None:
-        t, c = q.shape
-        return (q.float().reshape(t, c // group_size, group_size) * s[..., None]).reshape(t, c)
-    return q.float() * (s.reshape(-1, 1) if s.numel() > 1 else s.reshape(()))
-
-
-def moe_int8_w8a8_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_weights: torch.Tensor,
-                      topk_ids: torch.Tensor, w1_scale: torch.Tensor, w2_scale: torch.Tensor,
-                      a1_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None,
-                      per_act_token: bool = False, block_shape: tuple[int, int] | None = None) -> torch.Tensor:
-    """:func:`triton_moe_int8` in float32, simulating its exact quantization (the INT8 twin of
-    :func:`moejit.reference.moe_fp8_ref`): quantize the input (static, per token, 1×bk groups or per tensor),
-    GEMM1 with dequantized weights, SiLU·mul in float32 rounded to ``a.dtype`` (the fused GEMM1 stores it so),
-    quantize the live rows of the intermediate the same way (a per-tensor amax sees only live rows), GEMM2,
-    weighted sum over the live slots. Works on CPU or GPU. Returns float32 ``[M, K]``."""
-    from moejit.reference import dequant_weight_ref
-
-    group = block_shape[1] if block_shape is not None else None
-
-    def qdq(x, static_scale):
-        if static_scale is not None and group is None:
-            return _dequant_act(*int8_quant_w8a8_ref(x, scale=static_scale), None)
-        q, s = int8_quant_w8a8_ref(x, per_token=per_act_token, group_size=group)
-        return _dequant_act(q, s, group)
-
-    m, topk = topk_ids.shape
-    num_experts = w1_q.shape[0]
-    a_dq = qdq(a.float(), a1_scale)
-    flat = topk_ids.reshape(-1).long()
-    valid = (flat >= 0) & (flat < num_experts)
-    tokens = torch.arange(m * topk, device=a.device) // topk
-    inter = torch.zeros((m * topk, w1_q.shape[1] // 2), dtype=torch.float32, device=a.device)
-    for e in range(num_experts):
-        sel = torch.nonzero(flat == e).flatten()
-        if sel.numel() == 0:
-            continue
-        h = a_dq[tokens[sel]] @ dequant_weight_ref(w1_q[e], w1_scale[e], block_shape).t()
-        n = h.shape[1] // 2
-        inter[sel] = F.silu(h[:, :n]) * h[:, n:]
-    inter = inter.to(a.dtype).float()
-    valid_idx = torch.nonzero(valid).flatten()
-    inter_dq = qdq(inter[valid_idx], a2_scale)
-    out_rows = torch.zeros((m * topk, w2_q.shape[1]), dtype=torch.float32, device=a.device)
-    for e in range(num_experts):
-        sel_local = torch.nonzero(flat[valid_idx] == e).flatten()
-        if sel_local.numel() == 0:
-            continue
-        y = inter_dq[sel_local] @ dequant_weight_ref(w2_q[e], w2_scale[e], block_shape).t()
-        out_rows[valid_idx[sel_local]] = y
-    weights = topk_weights.float().reshape(-1) * valid
-    return (out_rows * weights[:, None]).reshape(m, topk, -1).sum(dim=1)
-
-
-__all__ = ["int8_quant_w8a8_ref", "moe_int8_w8a8_ref", "quantize_weights_int8_w8a8", "triton_moe_int8"]
+__all__ = ["quantize_weights_int8_w8a8", "triton_moe_int8"]

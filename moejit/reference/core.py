@@ -70,6 +70,43 @@ def moe_ref(a: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: t
     return out
 
 
+def moe_qdq_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_weights: torch.Tensor,
+                topk_ids: torch.Tensor, w1_scale: torch.Tensor, w2_scale: torch.Tensor, qdq_a, qdq_inter,
+                block_shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """A quantized MoE layer in float32, given how it quantizes its activations: ``qdq_a(a_f32)`` and
+    ``qdq_inter(inter_f32)`` return the quantized-then-dequantized float32 activations. GEMM1 with dequantized
+    weights, SiLU·mul in float32 rounded to ``a.dtype`` (the layers store the GEMM1 output so), ``qdq_inter`` on the
+    live rows only (slots with ids outside ``[0, E)`` are dropped; a dynamic per-tensor scale sees only live rows,
+    as a fused kernel does), GEMM2, weighted sum. The FP8 and INT8 W8A8 references are this with their quantizers.
+    Returns float32 ``[M, K]``."""
+    m, topk = topk_ids.shape
+    num_experts = w1_q.shape[0]
+    a_dq = qdq_a(a.float())
+    flat_ids = topk_ids.reshape(-1).long()
+    valid = (flat_ids >= 0) & (flat_ids < num_experts)
+    tokens = torch.arange(m * topk, device=a.device) // topk
+    inter = torch.zeros((m * topk, w1_q.shape[1] // 2), dtype=torch.float32, device=a.device)
+    for e in range(num_experts):
+        sel = torch.nonzero(flat_ids == e).flatten()
+        if sel.numel() == 0:
+            continue
+        h = a_dq[tokens[sel]] @ dequant_weight_ref(w1_q[e], w1_scale[e], block_shape).t()
+        n = h.shape[1] // 2
+        inter[sel] = F.silu(h[:, :n]) * h[:, n:]
+    inter = inter.to(a.dtype).float()
+    valid_idx = torch.nonzero(valid).flatten()
+    inter_dq = qdq_inter(inter[valid_idx])
+    out_rows = torch.zeros((m * topk, w2_q.shape[1]), dtype=torch.float32, device=a.device)
+    for e in range(num_experts):
+        sel_local = torch.nonzero(flat_ids[valid_idx] == e).flatten()
+        if sel_local.numel() == 0:
+            continue
+        out_rows[valid_idx[sel_local]] = inter_dq[sel_local] @ dequant_weight_ref(w2_q[e], w2_scale[e],
+                                                                                    block_shape).t()
+    weights = topk_weights.float().reshape(-1) * valid
+    return (out_rows * weights[:, None]).reshape(m, topk, -1).sum(dim=1)
+
+
 def dequant_weight_ref(w_q: torch.Tensor, scale: torch.Tensor | None,
                        block_shape: tuple[int, int] | None = None) -> torch.Tensor:
     """One expert's weights ``[N_out, K]`` back to float32. ``scale``: one element (per tensor), ``N_out``

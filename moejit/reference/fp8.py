@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from moejit.reference.core import dequant_weight_ref
+from moejit.reference.core import moe_qdq_ref
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -86,29 +85,5 @@ def moe_fp8_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_we
         q, s = fp8_quant_ref(x, per_token=per_act_token, group_size=group)
         return fp8_dequant_ref(q, s, group)
 
-    m, topk = topk_ids.shape
-    num_experts = w1_q.shape[0]
-    a_dq = qdq(a.float(), a1_scale)
-    flat_ids = topk_ids.reshape(-1).long()
-    valid = (flat_ids >= 0) & (flat_ids < num_experts)
-    tokens = torch.arange(m * topk, device=a.device) // topk
-    inter = torch.zeros((m * topk, w1_q.shape[1] // 2), dtype=torch.float32, device=a.device)
-    for e in range(num_experts):
-        sel = torch.nonzero(flat_ids == e).flatten()
-        if sel.numel() == 0:
-            continue
-        h = a_dq[tokens[sel]] @ dequant_weight_ref(w1_q[e], w1_scale[e], block_shape).t()
-        n = h.shape[1] // 2
-        inter[sel] = F.silu(h[:, :n]) * h[:, n:]
-    inter = inter.to(a.dtype).float()  # the GEMM1 output is stored in the activation dtype
-    inter_dq = qdq(inter[valid], a2_scale)
-    out_rows = torch.zeros((m * topk, w2_q.shape[1]), dtype=torch.float32, device=a.device)
-    valid_idx = torch.nonzero(valid).flatten()
-    for e in range(num_experts):
-        sel_local = torch.nonzero(flat_ids[valid_idx] == e).flatten()
-        if sel_local.numel() == 0:
-            continue
-        y = inter_dq[sel_local] @ dequant_weight_ref(w2_q[e], w2_scale[e], block_shape).t()
-        out_rows[valid_idx[sel_local]] = y
-    weights = topk_weights.float().reshape(-1) * valid
-    return (out_rows * weights[:, None]).reshape(m, topk, -1).sum(dim=1)
+    return moe_qdq_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale,
+                       lambda x: qdq(x, a1_scale), lambda x: qdq(x, a2_scale), block_shape)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from moejit.int8.format import INT8_MAX, INT32_MAX, HybridFormat
-from moejit.reference.core import dequant_weight_ref
+from moejit.reference.core import dequant_weight_ref, moe_qdq_ref
 
 MIN_SCALE = 1e-12  # per-tensor / per-token / per-channel / per-block: an all-zero scope gets this scale
 
@@ -224,3 +224,66 @@ def moe_int8_hybrid_ref(a, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_
     quantization of the input and of the intermediate. See :func:`moe_int8_ref`."""
     return moe_int8_ref(a, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_ids, "hybrid", block_size,
                         super_group_size, q_max, fused_silu_quant)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# INT8 W8A8 (the Triton INT8 layer, moejit.ops.triton_moe_int8): round half to even, scales · fl(1/127)
+# ---------------------------------------------------------------------------------------------------------------
+
+def w8a8_round_ref(v: torch.Tensor) -> torch.Tensor:
+    """``rint(clamp(v, ±127))`` to int8 (round half to even, as the Triton quantizer's ``rint``)."""
+    return torch.round(v.clamp(-INT8_MAX, INT8_MAX)).to(torch.int8)
+
+
+def w8a8_scale_ref(amax: torch.Tensor) -> torch.Tensor:
+    """``max(amax · fl(1/127), 1e-12)``: the Triton kernels' dynamic scale, bit for bit on any device."""
+    return (amax.float() * (1.0 / INT8_MAX)).clamp(min=MIN_SCALE)
+
+
+def int8_quant_w8a8_ref(x: torch.Tensor, scale: torch.Tensor | None = None, per_token: bool = False,
+                        group_size: int | None = None):
+    """Quantize ``x [T, C]`` to int8 exactly as :func:`moejit.triton.quant.quantize_activations` does: static
+    ``scale``, dynamic per token ``[T, 1]``, per 1×``group_size`` group ``[T, C/group_size]``, or per tensor
+    ``[1]``. Returns ``(q int8, scale float32)``."""
+    xf = x.float()
+    if scale is not None:
+        s = scale.float().reshape(1)
+        return w8a8_round_ref(xf / s), s
+    if group_size is not None:
+        t, c = xf.shape
+        g = xf.reshape(t, c // group_size, group_size)
+        s = w8a8_scale_ref(g.abs().amax(dim=-1))
+        return w8a8_round_ref(g / s[..., None]).reshape(t, c), s
+    if per_token:
+        s = w8a8_scale_ref(xf.abs().amax(dim=-1, keepdim=True))
+    else:
+        s = w8a8_scale_ref(xf.abs().amax()).reshape(1)
+    return w8a8_round_ref(xf / s), s
+
+
+def _dequant_act(q: torch.Tensor, s: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    if group_size is not None:
+        t, c = q.shape
+        return (q.float().reshape(t, c // group_size, group_size) * s[..., None]).reshape(t, c)
+    return q.float() * (s.reshape(-1, 1) if s.numel() > 1 else s.reshape(()))
+
+
+def moe_int8_w8a8_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_weights: torch.Tensor,
+                      topk_ids: torch.Tensor, w1_scale: torch.Tensor, w2_scale: torch.Tensor,
+                      a1_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None,
+                      per_act_token: bool = False, block_shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """:func:`triton_moe_int8` in float32, simulating its exact quantization (the INT8 twin of
+    :func:`moejit.reference.moe_fp8_ref`): quantize the input (static, per token, 1×bk groups or per tensor),
+    GEMM1 with dequantized weights, SiLU·mul in float32 rounded to ``a.dtype`` (the fused GEMM1 stores it so),
+    quantize the live rows of the intermediate the same way (a per-tensor amax sees only live rows), GEMM2,
+    weighted sum over the live slots. Works on CPU or GPU. Returns float32 ``[M, K]``."""
+    group = block_shape[1] if block_shape is not None else None
+
+    def qdq(x, static_scale):
+        if static_scale is not None and group is None:
+            return _dequant_act(*int8_quant_w8a8_ref(x, scale=static_scale), None)
+        q, s = int8_quant_w8a8_ref(x, per_token=per_act_token, group_size=group)
+        return _dequant_act(q, s, group)
+
+    return moe_qdq_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale,
+                       lambda x: qdq(x, a1_scale), lambda x: qdq(x, a2_scale), block_shape)
