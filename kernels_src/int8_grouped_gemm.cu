@@ -77,6 +77,29 @@ int checked_max_tiles(const char* op, int64_t rows, int64_t num_experts, int til
   return static_cast<int>(tiles);
 }
 
+PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& out,
+                              const at::Tensor& expert_offsets, cudaStream_t stream) {
+  const int64_t rows = a.size(0), k = a.size(1), num_experts = b.size(0), n = b.size(1);
+  PreparedLaunch launch;
+  launch.tile_m = tile_m_for(rows, num_experts);
+  launch.tile_offsets = at::empty({num_experts + 1}, expert_offsets.options());
+  launch_tile_schedule(expert_offsets.data_ptr<int32_t>(), launch.tile_offsets.data_ptr<int32_t>(),
+                       static_cast<int>(num_experts), static_cast<int>(rows), launch.tile_m, static_cast<int>(n),
+                       stream);
+  GroupedGemmParams& params = launch.params;
+  params.a = a.data_ptr<int8_t>();
+  params.b = b.data_ptr<int8_t>();
+  params.out = out.data_ptr();
+  params.expert_offsets = expert_offsets.data_ptr<int32_t>();
+  params.tile_offsets = launch.tile_offsets.data_ptr<int32_t>();
+  params.num_experts = static_cast<int>(num_experts);
+  params.rows = static_cast<int>(rows);
+  params.n = static_cast<int>(n);
+  params.k = static_cast<int>(k);
+  params.max_tiles = checked_max_tiles(op, rows, num_experts, launch.tile_m, n);
+  return launch;
+}
+
 }  // namespace int8_gemm
 
 namespace {
@@ -149,26 +172,13 @@ at::Tensor int8_grouped_mm(const at::Tensor& a, const at::Tensor& a_scale, const
   if (rows == 0) return out;
   cudaStream_t stream = current_stream();
 
-  const int tile_m = int8_gemm::tile_m_for(rows, num_experts);
-  at::Tensor tile_offsets = at::empty({num_experts + 1}, expert_offsets.options());
-  int8_gemm::launch_tile_schedule(expert_offsets.data_ptr<int32_t>(), tile_offsets.data_ptr<int32_t>(),
-                                  static_cast<int>(num_experts), static_cast<int>(rows), tile_m, static_cast<int>(n),
-                                  stream);
-  int8_gemm::GroupedGemmParams params;
-  params.a = a.data_ptr<int8_t>();
-  params.b = b.data_ptr<int8_t>();
-  params.out = out.data_ptr();
-  params.expert_offsets = expert_offsets.data_ptr<int32_t>();
-  params.tile_offsets = tile_offsets.data_ptr<int32_t>();
-  params.num_experts = static_cast<int>(num_experts);
-  params.rows = static_cast<int>(rows);
-  params.n = static_cast<int>(n);
-  params.k = static_cast<int>(k);
+  int8_gemm::PreparedLaunch launch = int8_gemm::prepare_launch(op, a, b, out, expert_offsets, stream);
+  int8_gemm::GroupedGemmParams& params = launch.params;
   params.a_scale = a_scale.data_ptr<float>();
   params.b_scale = b_scale.data_ptr<float>();
   params.a_scale_per_row = a_scale.numel() != 1;
   params.b_scale_per_channel = b_scale.numel() != num_experts;
-  params.max_tiles = int8_gemm::checked_max_tiles(op, rows, num_experts, tile_m, n);
+  const int tile_m = launch.tile_m;
   if (tile_m == 64) {
     dispatch_per_tensor<64>(params, out_dtype, stream);
   } else {

@@ -3,9 +3,12 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <cuda_runtime_api.h>
 
 #include <cstdint>
 #include <tuple>
+
+#include "int8_grouped_gemm_sm80.h"
 
 namespace moejit {
 
@@ -22,6 +25,17 @@ namespace int8_gemm {
 int tile_m_for(int64_t rows, int64_t num_experts);
 // max_tiles_bound, checked to fit the int32 tile schedule.
 int checked_max_tiles(const char* op, int64_t rows, int64_t num_experts, int tile_m, int64_t n);
+
+// What both entry points do before their own fields: pick the tile rows, launch the device-side tile schedule into
+// `tile_offsets` (allocated here, on the launch's stream), and fill the operand, size and schedule fields of
+// `params` (a [rows, K], b [E, N, K], out [rows, N], expert_offsets [E+1], all checked by the caller).
+struct PreparedLaunch {
+  GroupedGemmParams params;
+  at::Tensor tile_offsets;
+  int tile_m;
+};
+PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& out,
+                              const at::Tensor& expert_offsets, cudaStream_t stream);
 }  // namespace int8_gemm
 
 }  // namespace moejit

@@ -71,21 +71,8 @@ at::Tensor int8_hybrid_grouped_mm(const at::Tensor& a, const at::Tensor& a_q, co
   if (rows == 0) return out;
   cudaStream_t stream = current_stream();
 
-  const int tile_m = int8_gemm::tile_m_for(rows, num_experts);
-  at::Tensor tile_offsets = at::empty({num_experts + 1}, expert_offsets.options());
-  int8_gemm::launch_tile_schedule(expert_offsets.data_ptr<int32_t>(), tile_offsets.data_ptr<int32_t>(),
-                                  static_cast<int>(num_experts), static_cast<int>(rows), tile_m, static_cast<int>(n),
-                                  stream);
-  int8_gemm::GroupedGemmParams params;
-  params.a = a.data_ptr<int8_t>();
-  params.b = b.data_ptr<int8_t>();
-  params.out = out.data_ptr();
-  params.expert_offsets = expert_offsets.data_ptr<int32_t>();
-  params.tile_offsets = tile_offsets.data_ptr<int32_t>();
-  params.num_experts = static_cast<int>(num_experts);
-  params.rows = static_cast<int>(rows);
-  params.n = static_cast<int>(n);
-  params.k = static_cast<int>(k);
+  int8_gemm::PreparedLaunch launch = int8_gemm::prepare_launch(op, a, b, out, expert_offsets, stream);
+  int8_gemm::GroupedGemmParams& params = launch.params;
   params.b_scale = b_scale.data_ptr<float>();
   params.b_scale_per_channel = true;
   params.a_q = a_q.data_ptr<int32_t>();
@@ -93,7 +80,7 @@ at::Tensor int8_hybrid_grouped_mm(const at::Tensor& a, const at::Tensor& a_q, co
   params.num_blocks = static_cast<int>(num_blocks);
   params.num_groups = static_cast<int>(num_groups);
   params.super_group = static_cast<int>(super_group_size);
-  params.max_tiles = int8_gemm::checked_max_tiles(op, rows, num_experts, tile_m, n);
+  const int tile_m = launch.tile_m;
   const bool multi_group = num_groups > 1;
   if (tile_m == 64) {
     multi_group ? dispatch_hybrid<64, true>(params, out_dtype, stream)
