@@ -28,6 +28,8 @@ the ``MOEJIT_`` name wins when both are set. Values: 1/0, true/false, yes/no, on
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -116,14 +118,13 @@ def cutlass_moe_int8_hybrid(hidden: torch.Tensor, w13_q: torch.Tensor, w2_q: tor
     :mod:`moejit.moe.checks` runs only in eager mode), so the layer captures into CUDA graphs.
     """
     # Imported here, not at the top: moejit.ops re-exports this module (see moejit.int8.quant).
-    from moejit.int8.quant import int8_hybrid_permute_quant, int8_hybrid_quant, int8_hybrid_silu_quant
     from moejit.moe import checks
-    from moejit.ops import _validate, common
+    from moejit.ops import _validate
 
     fmt = HybridFormat(block_size, super_group_size, q_max)
     shape = checks.check_moe_weights(hidden, w13_q, w2_q, checks.INT8)
     num_experts, k, n = shape.num_experts, shape.k, shape.n
-    topk = checks.check_routing(hidden, topk_weights, topk_ids, num_experts)
+    checks.check_routing(hidden, topk_weights, topk_ids, num_experts)
     if k % block_size or n % block_size:
         raise MoejitInputError(f"hidden size K = {k} and intermediate size N = {n} must be multiples of "
                                f"block_size {block_size}")
@@ -135,18 +136,99 @@ def cutlass_moe_int8_hybrid(hidden: torch.Tensor, w13_q: torch.Tensor, w2_q: tor
     m = hidden.shape[0]
     if m == 0:
         return hidden.new_empty((0, k))
+    return hybrid_stages(hidden, w13_q, w2_q, w13_s, w2_s, topk_weights, topk_ids, fmt, fused_silu, fused_perm)()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline as stages: what the runner runs, and what `moejit bench-int8` times stage by stage
+# ---------------------------------------------------------------------------------------------------------------
+
+def stage_names(fused_permute_quant: bool, fused_silu_quant: bool) -> list[str]:
+    """The hybrid runner's stages for one switch setting, in order."""
+    first = ["permute+quant (fused)"] if fused_permute_quant else ["permute", "quant"]
+    act = ["SiLU+quant (fused)"] if fused_silu_quant else ["SiLU·mul", "quant"]
+    return first + ["GEMM1"] + act + ["GEMM2", "unpermute"]
+
+
+@dataclass
+class StagedForward:
+    """The hybrid pipeline as a list of ``(name, fn)`` stages sharing :attr:`state`; calling it runs them in order
+    (this is how :func:`moejit.ops.cutlass_moe_int8_hybrid` runs) and returns ``state["out"]``."""
+
+    stages: list[tuple[str, Callable[[], None]]]
+    state: dict = field(default_factory=dict)
+
+    def __call__(self, mark: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Run every stage; ``mark(i)`` is called before stage 0 (i = 0) and after stage i - 1 (i = 1 … n)."""
+        if mark is not None:
+            mark(0)
+        for i, (_, fn) in enumerate(self.stages):
+            fn()
+            if mark is not None:
+                mark(i + 1)
+        return self.state["out"]
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.stages]
+
+
+def hybrid_stages(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_ids, fmt: HybridFormat,
+                  fused_silu_quant: bool, fused_permute_quant: bool) -> StagedForward:
+    """The runner's pipeline on validated inputs (``w13_scale [E, 2N]``, ``w2_scale [E, K]`` float32, ``M > 0``)
+    as ``(name, fn)`` stages (see :func:`stage_names`); calling the result runs them in order and returns the
+    ``[M, K]`` output."""
+    # Imported here, not at the top: moejit.ops re-exports this module (see moejit.int8.quant).
+    from moejit.int8.quant import int8_hybrid_permute_quant, int8_hybrid_quant, int8_hybrid_silu_quant
+    from moejit.ops import common
+
     b, s, qm, s_eff = fmt.block_size, fmt.super_group_size, fmt.q_max, fmt.s_eff
-    if fused_perm:
-        _, offsets, sort_idx, inv_idx = common.moe_permute(hidden.new_empty((m, 0)), topk_ids, num_experts)
-        a1, a1_q, a1_f = int8_hybrid_permute_quant(hidden, sort_idx, topk, b, s, qm)
-    else:
-        rows, offsets, sort_idx, inv_idx = common.moe_permute(hidden, topk_ids, num_experts)
-        a1, a1_q, a1_f = int8_hybrid_quant(rows, b, s, qm)
+    m = hidden.shape[0]
+    num_experts = w13_q.shape[0]
+    topk = topk_ids.shape[1]
+    dtype = hidden.dtype
     mm = _grouped_mm()
-    h = mm(a1, a1_q, a1_f, w13_q, w13_s, offsets, b, s_eff, qm, hidden.dtype)
-    if fused_silu:
-        a2, a2_q, a2_f = int8_hybrid_silu_quant(h, b, s, qm)
+    st: dict = {}
+    stages: list[tuple[str, Callable[[], None]]] = []
+
+    if fused_permute_quant:
+        def permute_quant():
+            # the permutation only: a zero-width hidden runs the same sort and copies nothing (module docstring)
+            _, st["offsets"], sort_idx, st["inv_idx"] = common.moe_permute(hidden.new_empty((m, 0)), topk_ids,
+                                                                           num_experts)
+            st["a1"] = int8_hybrid_permute_quant(hidden, sort_idx, topk, b, s, qm)
+        stages.append(("permute+quant (fused)", permute_quant))
     else:
-        a2, a2_q, a2_f = int8_hybrid_quant(common.silu_and_mul(h), b, s, qm)
-    y = mm(a2, a2_q, a2_f, w2_q, w2_s, offsets, b, s_eff, qm, hidden.dtype)
-    return common.moe_unpermute(y, topk_weights, inv_idx)
+        def permute():
+            st["rows"], st["offsets"], _, st["inv_idx"] = common.moe_permute(hidden, topk_ids, num_experts)
+
+        def quant():
+            st["a1"] = int8_hybrid_quant(st["rows"], b, s, qm)
+        stages += [("permute", permute), ("quant", quant)]
+
+    def gemm1():
+        a1, a1_q, a1_f = st["a1"]
+        st["h"] = mm(a1, a1_q, a1_f, w13_q, w13_scale, st["offsets"], b, s_eff, qm, dtype)
+    stages.append(("GEMM1", gemm1))
+
+    if fused_silu_quant:
+        def silu_quant():
+            st["a2"] = int8_hybrid_silu_quant(st["h"], b, s, qm)
+        stages.append(("SiLU+quant (fused)", silu_quant))
+    else:
+        def silu():
+            st["act"] = common.silu_and_mul(st["h"])
+
+        def quant2():
+            st["a2"] = int8_hybrid_quant(st["act"], b, s, qm)
+        stages += [("SiLU·mul", silu), ("quant", quant2)]
+
+    def gemm2():
+        a2, a2_q, a2_f = st["a2"]
+        st["y"] = mm(a2, a2_q, a2_f, w2_q, w2_scale, st["offsets"], b, s_eff, qm, dtype)
+    stages.append(("GEMM2", gemm2))
+
+    def unpermute():
+        st["out"] = common.moe_unpermute(st["y"], topk_weights, st["inv_idx"])
+    stages.append(("unpermute", unpermute))
+    return StagedForward(stages, st)

@@ -14,10 +14,11 @@ method was used.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
+
+from moejit.moe.int8_hybrid import StagedForward, hybrid_stages, stage_names  # noqa: F401 (re-exported)
 
 
 def cutlass_moe_int8_per_tensor(hidden: torch.Tensor, w13_q: torch.Tensor, w2_q: torch.Tensor,
@@ -43,100 +44,19 @@ def cutlass_moe_int8_per_tensor(hidden: torch.Tensor, w13_q: torch.Tensor, w2_q:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The hybrid runner, stage by stage
+# The hybrid runner, stage by stage (the stages are the runner's own: moejit.moe.int8_hybrid)
 # ---------------------------------------------------------------------------------------------------------------
-
-def stage_names(fused_permute_quant: bool, fused_silu_quant: bool) -> list[str]:
-    """The hybrid runner's stages for one switch setting, in order."""
-    first = ["permute+quant (fused)"] if fused_permute_quant else ["permute", "quant"]
-    act = ["SiLU+quant (fused)"] if fused_silu_quant else ["SiLU·mul", "quant"]
-    return first + ["GEMM1"] + act + ["GEMM2", "unpermute"]
-
-
-@dataclass
-class StagedForward:
-    """The hybrid runner as a list of ``(name, fn)`` stages sharing :attr:`state`; running them in order computes
-    exactly what :func:`moejit.ops.cutlass_moe_int8_hybrid` computes (same ops, same arguments, same order)."""
-
-    stages: list[tuple[str, Callable[[], None]]]
-    state: dict = field(default_factory=dict)
-
-    def __call__(self, mark: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Run every stage; ``mark(i)`` is called before stage 0 (i = 0) and after stage i - 1 (i = 1 … n)."""
-        if mark is not None:
-            mark(0)
-        for i, (_, fn) in enumerate(self.stages):
-            fn()
-            if mark is not None:
-                mark(i + 1)
-        return self.state["out"]
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self.stages]
-
 
 def hybrid_staged(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_ids, *, block_size: int = 128,
                   super_group_size: int = 256, q_max: int = 16, fused_silu_quant: bool = True,
                   fused_permute_quant: bool = False) -> StagedForward:
-    """:func:`moejit.ops.cutlass_moe_int8_hybrid` split into stages (see :func:`stage_names`). The switches are
-    explicit here (no environment lookup); inputs are used as given (validate them with one call of the runner).
-    """
+    """:func:`moejit.ops.cutlass_moe_int8_hybrid`'s own stages (:func:`moejit.moe.int8_hybrid.hybrid_stages`, the
+    code the runner runs). The switches are explicit here (no environment lookup); inputs are used as given
+    (validate them with one call of the runner)."""
     from moejit.int8.format import HybridFormat
-    from moejit.int8.quant import int8_hybrid_permute_quant, int8_hybrid_quant, int8_hybrid_silu_quant
-    from moejit.moe import int8_hybrid
-    from moejit.ops import common
 
-    fmt = HybridFormat(block_size, super_group_size, q_max)
-    b, s, qm, s_eff = fmt.block_size, fmt.super_group_size, fmt.q_max, fmt.s_eff
-    m = hidden.shape[0]
-    num_experts = w13_q.shape[0]
-    topk = topk_ids.shape[1]
-    dtype = hidden.dtype
-    mm = int8_hybrid._grouped_mm()
-    st: dict = {}
-    stages: list[tuple[str, Callable[[], None]]] = []
-
-    if fused_permute_quant:
-        def permute_quant():
-            _, st["offsets"], sort_idx, st["inv_idx"] = common.moe_permute(hidden.new_empty((m, 0)), topk_ids,
-                                                                           num_experts)
-            st["a1"] = int8_hybrid_permute_quant(hidden, sort_idx, topk, b, s, qm)
-        stages.append(("permute+quant (fused)", permute_quant))
-    else:
-        def permute():
-            st["rows"], st["offsets"], _, st["inv_idx"] = common.moe_permute(hidden, topk_ids, num_experts)
-
-        def quant():
-            st["a1"] = int8_hybrid_quant(st["rows"], b, s, qm)
-        stages += [("permute", permute), ("quant", quant)]
-
-    def gemm1():
-        a1, a1_q, a1_f = st["a1"]
-        st["h"] = mm(a1, a1_q, a1_f, w13_q, w13_scale, st["offsets"], b, s_eff, qm, dtype)
-    stages.append(("GEMM1", gemm1))
-
-    if fused_silu_quant:
-        def silu_quant():
-            st["a2"] = int8_hybrid_silu_quant(st["h"], b, s, qm)
-        stages.append(("SiLU+quant (fused)", silu_quant))
-    else:
-        def silu():
-            st["act"] = common.silu_and_mul(st["h"])
-
-        def quant2():
-            st["a2"] = int8_hybrid_quant(st["act"], b, s, qm)
-        stages += [("SiLU·mul", silu), ("quant", quant2)]
-
-    def gemm2():
-        a2, a2_q, a2_f = st["a2"]
-        st["y"] = mm(a2, a2_q, a2_f, w2_q, w2_scale, st["offsets"], b, s_eff, qm, dtype)
-    stages.append(("GEMM2", gemm2))
-
-    def unpermute():
-        st["out"] = common.moe_unpermute(st["y"], topk_weights, st["inv_idx"])
-    stages.append(("unpermute", unpermute))
-    return StagedForward(stages, st)
+    return hybrid_stages(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_ids,
+                         HybridFormat(block_size, super_group_size, q_max), fused_silu_quant, fused_permute_quant)
 
 
 # ---------------------------------------------------------------------------------------------------------------
