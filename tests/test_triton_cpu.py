@@ -105,7 +105,10 @@ def test_bad_table_is_rejected():
 
 
 def test_shipped_tables_parse():
-    for path in configs.PACKAGE_CONFIG_DIR.glob("*.json"):
+    paths = sorted(configs.PACKAGE_CONFIG_DIR.glob("*.json"))
+    if not paths:
+        pytest.skip(f"no config tables shipped yet in {configs.PACKAGE_CONFIG_DIR} (moejit tune --output writes them)")
+    for path in paths:
         table = configs.parse_table(path.read_text())
         assert table, path
 
