@@ -72,13 +72,17 @@ def moe_ref(a: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, topk_weights: t
 
 def moe_qdq_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_weights: torch.Tensor,
                 topk_ids: torch.Tensor, w1_scale: torch.Tensor, w2_scale: torch.Tensor, qdq_a, qdq_inter,
-                block_shape: tuple[int, int] | None = None) -> torch.Tensor:
+                block_shape: tuple[int, int] | None = None, *, round_gemm1: bool = False, round_inter: bool = True,
+                round_gemm2: bool = False) -> torch.Tensor:
     """A quantized MoE layer in float32, given how it quantizes its activations: ``qdq_a(a_f32)`` and
     ``qdq_inter(inter_f32)`` return the quantized-then-dequantized float32 activations. GEMM1 with dequantized
-    weights, SiLU·mul in float32 rounded to ``a.dtype`` (the layers store the GEMM1 output so), ``qdq_inter`` on the
-    live rows only (slots with ids outside ``[0, E)`` are dropped; a dynamic per-tensor scale sees only live rows,
-    as a fused kernel does), GEMM2, weighted sum. The FP8 and INT8 W8A8 references are this with their quantizers.
-    Returns float32 ``[M, K]``."""
+    weights, SiLU·mul in float32, ``qdq_inter`` on the live rows only (slots with ids outside ``[0, E)`` are
+    dropped; a dynamic per-tensor scale sees only live rows, as a fused kernel does), GEMM2, weighted sum.
+
+    Where the pipeline stores a value in the activation dtype, the reference rounds it to ``a.dtype``: the GEMM1
+    product before SiLU (``round_gemm1``), the SiLU·mul output before its quantization (``round_inter``; the FP8
+    and W8A8 layers store it so), each GEMM2 row before the weighted sum (``round_gemm2``). The FP8, INT8 W8A8 and
+    INT8 hybrid references are this with their quantizers and rounding points. Returns float32 ``[M, K]``."""
     m, topk = topk_ids.shape
     num_experts = w1_q.shape[0]
     a_dq = qdq_a(a.float())
@@ -91,9 +95,12 @@ def moe_qdq_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_we
         if sel.numel() == 0:
             continue
         h = a_dq[tokens[sel]] @ dequant_weight_ref(w1_q[e], w1_scale[e], block_shape).t()
+        if round_gemm1:
+            h = h.to(a.dtype).float()
         n = h.shape[1] // 2
         inter[sel] = F.silu(h[:, :n]) * h[:, n:]
-    inter = inter.to(a.dtype).float()
+    if round_inter:
+        inter = inter.to(a.dtype).float()
     valid_idx = torch.nonzero(valid).flatten()
     inter_dq = qdq_inter(inter[valid_idx])
     out_rows = torch.zeros((m * topk, w2_q.shape[1]), dtype=torch.float32, device=a.device)
@@ -101,8 +108,8 @@ def moe_qdq_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_we
         sel_local = torch.nonzero(flat_ids[valid_idx] == e).flatten()
         if sel_local.numel() == 0:
             continue
-        out_rows[valid_idx[sel_local]] = inter_dq[sel_local] @ dequant_weight_ref(w2_q[e], w2_scale[e],
-                                                                                    block_shape).t()
+        y = inter_dq[sel_local] @ dequant_weight_ref(w2_q[e], w2_scale[e], block_shape).t()
+        out_rows[valid_idx[sel_local]] = y.to(a.dtype).float() if round_gemm2 else y
     weights = topk_weights.float().reshape(-1) * valid
     return (out_rows * weights[:, None]).reshape(m, topk, -1).sum(dim=1)
 

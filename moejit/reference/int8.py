@@ -11,10 +11,9 @@ output is bit-identical to these references. Divisions are IEEE float32 (round t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from moejit.int8.format import INT8_MAX, INT32_MAX, HybridFormat
-from moejit.reference.core import dequant_weight_ref, moe_qdq_ref
+from moejit.reference.core import moe_qdq_ref
 
 MIN_SCALE = 1e-12  # per-tensor / per-token / per-channel / per-block: an all-zero scope gets this scale
 
@@ -188,34 +187,11 @@ def moe_int8_ref(a: torch.Tensor, w13_q: torch.Tensor, w2_q: torch.Tensor, w13_s
     unless ``fused_silu_quant``, rounded to ``a.dtype`` before quantization; a per-tensor scale of the
     intermediate is taken over all of its (routed) rows. Slots with ids outside ``[0, E)`` are dropped.
     Returns float32 ``[M, K]``."""
-    m, topk = topk_ids.shape
-    num_experts = w13_q.shape[0]
-    qdq = lambda x: int8_act_qdq_ref(x, scheme, block_size, super_group_size, q_max)  # noqa: E731
-    a_dq = qdq(a)
-    flat = topk_ids.reshape(-1).long()
-    valid = (flat >= 0) & (flat < num_experts)
-    tokens = torch.arange(m * topk, device=a.device) // topk
-    inter = torch.zeros((m * topk, w13_q.shape[1] // 2), dtype=torch.float32, device=a.device)
-    for e in range(num_experts):
-        sel = torch.nonzero(flat == e).flatten()
-        if sel.numel() == 0:
-            continue
-        h = (a_dq[tokens[sel]] @ dequant_weight_ref(w13_q[e], w13_scale[e]).t()).to(a.dtype).float()
-        n = h.shape[1] // 2
-        inter[sel] = F.silu(h[:, :n]) * h[:, n:]
-    if not fused_silu_quant:
-        inter = inter.to(a.dtype).float()
-    valid_idx = torch.nonzero(valid).flatten()
-    inter_dq = qdq(inter[valid_idx])
-    out_rows = torch.zeros((m * topk, w2_q.shape[1]), dtype=torch.float32, device=a.device)
-    for e in range(num_experts):
-        sel_local = torch.nonzero(flat[valid_idx] == e).flatten()
-        if sel_local.numel() == 0:
-            continue
-        y = inter_dq[sel_local] @ dequant_weight_ref(w2_q[e], w2_scale[e]).t()
-        out_rows[valid_idx[sel_local]] = y.to(a.dtype).float()
-    weights = topk_weights.float().reshape(-1) * valid
-    return (out_rows * weights[:, None]).reshape(m, topk, -1).sum(dim=1)
+    def qdq(x):
+        return int8_act_qdq_ref(x, scheme, block_size, super_group_size, q_max)
+
+    return moe_qdq_ref(a, w13_q, w2_q, topk_weights, topk_ids, w13_scale, w2_scale, qdq, qdq, round_gemm1=True,
+                       round_inter=not fused_silu_quant, round_gemm2=True)
 
 
 def moe_int8_hybrid_ref(a, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_ids, block_size: int = 128,
