@@ -36,7 +36,7 @@ for s in "${steps[@]}"; do
       step triton_fp8 python3 scripts/bench_triton_fp8.py --breakdown --json "$LOG/triton_fp8.json" ;;
     int8)
       step int8_gemm python3 scripts/bench_int8_gemm.py --tile-m auto 64 128 --json "$LOG/int8_gemm.json"
-      step int8_stages python3 -m moejit.int8.stage_bench --model qwen ;;
+      step int8_ops python3 -m moejit.int8.stage_bench --model qwen --ops ;;
     bench)
       step bench_default python3 -m moejit.cli bench --iters 50 --json "$LOG/bench_default.json" \
         --plot "$LOG/bench_default.png" ;;
