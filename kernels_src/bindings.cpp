@@ -16,12 +16,15 @@ TORCH_LIBRARY_FRAGMENT(moejit, m) {
         " -> (Tensor rows, Tensor expert_offsets, Tensor sort_idx, Tensor inv_idx)");
   m.def("moe_unpermute(Tensor rows, Tensor topk_weights, Tensor inv_idx) -> Tensor");
   m.def("moe_problem_sizes(Tensor expert_offsets, int n, int k, bool swap_ab=False) -> Tensor");
+  m.def("moe_align_block_size(Tensor topk_ids, int num_experts, int block_m)"
+        " -> (Tensor sorted_ids, Tensor expert_ids, Tensor num_post_pad)");
 }
 TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
   m.impl("silu_and_mul", &moejit::silu_and_mul);
   m.impl("moe_permute", &moejit::moe_permute);
   m.impl("moe_unpermute", &moejit::moe_unpermute);
   m.impl("moe_problem_sizes", &moejit::moe_problem_sizes);
+  m.impl("moe_align_block_size", &moejit::moe_align_block_size);
 }
 #endif
 

@@ -136,11 +136,16 @@ def main() -> int:
         from moejit.triton.align import align_block_size
 
         for e in (8, 64, 256, 384):
-            for m in (1, 64, 1024, 8192):
+            for m in (1, 16, 64, 256, 1024, 4096, 8192):
                 ids = torch.randint(0, e, (m, 8 if e > 8 else 2), device="cuda", dtype=torch.int32)
-                t = time_cuda_graph(lambda: align_block_size(ids, e, 64), iters=20)
-                results.append(dict(align=True, E=e, M=m, us=round(t.median_us, 2)))
-                print(f"align E={e} M={m}: {t.median_us:.2f} us", flush=True)
+                bm = 16 if m * ids.shape[1] <= 2 * e else 64
+                row = dict(align=True, E=e, M=m, block_m=bm)
+                for impl in ("triton", "cuda"):  # the Triton kernels and their CUDA twin (kernels_src/align.cu)
+                    t = time_cuda_graph(lambda: align_block_size(ids, e, bm, impl=impl), iters=20)
+                    row[impl] = round(t.median_us, 2)
+                results.append(row)
+                print(f"align E={e} M={m} block_m={bm}: triton {row['triton']:.2f} us, cuda {row['cuda']:.2f} us",
+                      flush=True)
 
     print(f"\n| model | TP | M | moejit Triton µs (p10-p90) | vLLM µs | vLLM/ours |   ({gpu})")
     print("|---|---|---|---|---|---|")

@@ -33,7 +33,7 @@ for s in "${steps[@]}"; do
   case "$s" in
     layers)
       step cutlass_fp8 python3 scripts/bench_cutlass_fp8.py --check --breakdown --json "$LOG/cutlass_fp8.json"
-      step triton_fp8 python3 scripts/bench_triton_fp8.py --breakdown --json "$LOG/triton_fp8.json" ;;
+      step triton_fp8 python3 scripts/bench_triton_fp8.py --breakdown --align --json "$LOG/triton_fp8.json" ;;
     int8)
       step int8_gemm python3 scripts/bench_int8_gemm.py --tile-m auto 64 128 --json "$LOG/int8_gemm.json"
       step int8_ops python3 -m moejit.int8.stage_bench --model qwen --ops ;;

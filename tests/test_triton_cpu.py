@@ -181,3 +181,28 @@ def test_write_table_roundtrip(tmp_path):
     path = tmp_path / "t.json"
     write_table({64: cfg, 1: cfg}, path, {"device": "x"})
     assert configs.parse_table(path.read_text()) == {1: cfg, 64: cfg}
+
+
+def test_cuda_alignment_contract_on_cpu(monkeypatch):
+    """The CUDA alignment op's fake (torch.compile) has the Triton alignment's shapes; its wrapper validates before
+    any kernel; MOEJIT_ALIGN picks the implementation."""
+    from moejit import registry
+    from moejit.errors import MoejitInputError
+    from moejit.ops.common import align_max_padded, moe_align_block_size
+    from moejit.triton.align import align_impl, max_padded_size
+
+    ids = torch.empty(7, 8, dtype=torch.int32, device="meta")
+    s, ex, tot = registry.ops()["moe_align_block_size"].fake(ids, 256, 16)
+    assert s.shape == (max_padded_size(56, 256, 16),) and ex.shape == (s.shape[0] // 16,) and tot.shape == (1,)
+    assert align_max_padded(56, 256, 16) == -(-(56 + 256 * 15) // 16) * 16 and align_max_padded(0, 1, 1) == 1
+    with pytest.raises(MoejitInputError, match="CUDA"):
+        moe_align_block_size(torch.zeros(4, 2, dtype=torch.int32), 8, 16)
+    with pytest.raises(MoejitInputError, match="topk_ids must have dtype"):
+        moe_align_block_size(torch.zeros(4, 2), 8, 16)
+    monkeypatch.delenv("MOEJIT_ALIGN", raising=False)
+    assert align_impl() == "triton"
+    monkeypatch.setenv("MOEJIT_ALIGN", "CUDA")
+    assert align_impl() == "cuda"
+    monkeypatch.setenv("MOEJIT_ALIGN", "cub")
+    with pytest.raises(ValueError, match="MOEJIT_ALIGN"):
+        align_impl()

@@ -172,15 +172,24 @@ def test_cuda_graph(gen, mode):
         assert rel_error(out, ref) <= 1e-2
 
 
-def test_alignment_large(gen):
+@pytest.mark.parametrize("impl", ["triton", "cuda"])
+def test_alignment_large(gen, impl):
+    """Both alignments (Triton, and the CUDA kernels of moejit.ops.moe_align_block_size) against the reference:
+    hot experts, dropped slots, int64 ids, one expert, more experts than one scan chunk (1024) and than the shared
+    histogram holds (8192)."""
     from moejit.triton.align import align_block_size, align_block_size_ref
 
-    for m, topk, e, bm in ((8192, 8, 384, 64), (8192, 8, 8, 128), (1, 8, 256, 16), (3000, 8, 256, 16)):
+    cases = ((8192, 8, 384, 64, torch.int32), (8192, 8, 8, 128, torch.int32), (1, 8, 256, 16, torch.int32),
+             (3000, 8, 256, 16, torch.int64), (700, 2, 1, 32, torch.int32), (500, 4, 2000, 16, torch.int64),
+             (300, 8, 9000, 16, torch.int32))
+    for m, topk, e, bm, id_dtype in cases:
         ids = torch.randint(0, e, (m, topk), device="cuda", generator=gen, dtype=torch.int32)
-        ids[: m // 3, 0] = 1  # hot expert
+        ids[: m // 3, 0] = e // 2  # hot expert
         ids[::5, -1] = -1
-        s, ex, tot = align_block_size(ids, e, bm)
+        ids = ids.to(id_dtype)
+        s, ex, tot = align_block_size(ids, e, bm, impl=impl)
         rs, rex, rtot = align_block_size_ref(ids, e, bm)
+        assert s.shape == rs.shape and ex.shape == rex.shape
         assert tot.item() == rtot.item() and torch.equal(ex.cpu(), rex)
         t = tot.item()
         s = s.cpu()
@@ -194,6 +203,34 @@ def test_alignment_large(gen):
             real = int((run < m * topk).sum())
             assert (run[:real] < m * topk).all()  # padding only at the end of the run
         assert (s[t:] == m * topk).all()
+
+
+def test_cuda_alignment_in_the_layer_and_in_a_graph(gen, monkeypatch):
+    """MOEJIT_ALIGN=cuda: the layer gives bit-identical results (each row of the fused GEMM is computed on its own,
+    so the order inside an expert's run does not matter), also replayed from a CUDA graph with new routing."""
+    from moejit.ops import triton_moe_fp8
+
+    e, topk, k, n = SHAPES["qwen3.6-35b-a3b"]
+    _, ((w1, s1), (w2, s2)) = weights("qwen3.6-35b-a3b", gen, True, None)
+    m = 333
+    a = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    tw, ids = routing(m, e, topk, gen)
+    kw = dict(per_act_token=True, per_out_ch=True)
+    want = triton_moe_fp8(a, w1, w2, tw, ids, s1, s2, **kw)
+    monkeypatch.setenv("MOEJIT_ALIGN", "cuda")
+    assert torch.equal(triton_moe_fp8(a, w1, w2, tw, ids, s1, s2, **kw), want)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = triton_moe_fp8(a, w1, w2, tw, ids, s1, s2, **kw)
+    new_tw, new_ids = routing(m, e, topk, gen)
+    new_ids[:100, 0] = 3
+    tw.copy_(new_tw)
+    ids.copy_(new_ids)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    monkeypatch.setenv("MOEJIT_ALIGN", "triton")
+    assert torch.equal(out, triton_moe_fp8(a, w1, w2, tw, ids, s1, s2, **kw))
 
 
 @pytest.mark.parametrize("mode", ["static", "tensor", "token", "group"])

@@ -74,8 +74,8 @@ MODULES: dict[str, JitModule] = {
     for m in (
         JitModule(
             name="common",
-            description="activation, permute/unpermute (CUB), MoE problem sizes",
-            sources=("activation.cu", "permute.cu"),
+            description="activation, permute/unpermute (CUB), MoE problem sizes, block alignment",
+            sources=("activation.cu", "permute.cu", "align.cu"),
         ),
         JitModule(
             name="sm90_fp8",

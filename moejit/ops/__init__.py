@@ -4,7 +4,7 @@ Importing this module compiles nothing; the first call of an op builds (once per
 that holds it. Every op is CUDA-graph capturable and has a fake implementation for torch.compile.
 """
 
-from moejit.ops.common import moe_permute, moe_problem_sizes, moe_unpermute, silu_and_mul
+from moejit.ops.common import moe_align_block_size, moe_permute, moe_problem_sizes, moe_unpermute, silu_and_mul
 from moejit.ops.int8 import int8_grouped_mm, int8_hybrid_grouped_mm
 from moejit.ops.fp8 import cutlass_fp8_grouped_mm, fp8_quant, grouped_mm_config, silu_mul_fp8_quant
 from moejit.moe.cutlass_fp8 import cutlass_moe_fp8
@@ -15,7 +15,7 @@ from moejit.moe.int8_hybrid import cutlass_moe_int8_hybrid
 from moejit.moe.triton_fp8 import triton_moe_fp8
 from moejit.moe.triton_int8 import triton_moe_int8
 
-__all__ = ["moe_permute", "moe_problem_sizes", "moe_unpermute", "silu_and_mul"]
+__all__ = ["moe_align_block_size", "moe_permute", "moe_problem_sizes", "moe_unpermute", "silu_and_mul"]
 __all__ += ["int8_grouped_mm", "int8_hybrid_grouped_mm"]
 __all__ += ["cutlass_fp8_grouped_mm", "cutlass_moe_fp8", "fp8_quant", "fused_topk", "grouped_mm_config",
             "grouped_topk", "silu_mul_fp8_quant"]

@@ -1,4 +1,5 @@
-"""Ops of the ``common`` JIT module: gated activation, MoE permute/unpermute and grouped-GEMM problem sizes."""
+"""Ops of the ``common`` JIT module: gated activation, MoE permute/unpermute, grouped-GEMM problem sizes and the
+block alignment of the fused MoE GEMM."""
 
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ def _moe_unpermute_fake(rows, topk_weights, inv_idx):
 @registry.define("moe_problem_sizes", module="common")
 def _moe_problem_sizes_fake(expert_offsets, n, k, swap_ab=False):
     return expert_offsets.new_empty((expert_offsets.shape[0] - 1, 3))
+
+
+def align_max_padded(num_slots: int, num_experts: int, block_m: int) -> int:
+    """Length of ``sorted_ids`` in a block alignment: the worst case ``num_slots + E·(block_m − 1)`` (every expert
+    may need ``block_m − 1`` pad slots), rounded up to whole blocks (at least one)."""
+    worst = max(num_slots + num_experts * (block_m - 1), 1)
+    return -(-worst // block_m) * block_m
+
+
+@registry.define("moe_align_block_size", module="common")
+def _moe_align_block_size_fake(topk_ids, num_experts, block_m):
+    max_padded = align_max_padded(topk_ids.numel(), num_experts, block_m)
+    i32 = dict(dtype=torch.int32, device=topk_ids.device)
+    return (torch.empty((max_padded,), **i32), torch.empty((max_padded // block_m,), **i32),
+            torch.empty((1,), **i32))
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -100,3 +116,21 @@ def moe_problem_sizes(expert_offsets: torch.Tensor, n: int, k: int, swap_ab: boo
     if n <= 0 or k <= 0:
         raise MoejitInputError(f"n and k must be positive, got n={n}, k={k}")
     return registry.op("moe_problem_sizes")(expert_offsets, int(n), int(k), bool(swap_ab))
+
+
+def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+    """Sort the ``M·topk`` slots of ``topk_ids`` by expert, padded per expert to ``block_m`` (CUDA kernels; the
+    same contract as :func:`moejit.triton.align.align_block_size`, its Triton twin).
+
+    Returns ``(sorted_ids [max_padded], expert_ids [max_padded / block_m], num_post_pad [1])``, all int32, with
+    ``max_padded = align_max_padded(M·topk, E, block_m)``: slot indices ``m·topk + j`` grouped by expert (order
+    within an expert unspecified), each expert's run padded with the sentinel ``M·topk``; the expert of each block
+    of ``block_m`` sorted slots (-1 past the padded total); the padded total. Ids outside ``[0, E)`` (``-1``:
+    routed to no local expert) are dropped. No host synchronization; CUDA-graph capturable.
+    """
+    check_tensor("topk_ids", topk_ids, dtypes=_ID_TYPES, contiguous=True)
+    if num_experts < 1:
+        raise MoejitInputError(f"num_experts must be >= 1, got {num_experts}")
+    if block_m < 1 or block_m > 1024 or block_m & (block_m - 1):
+        raise MoejitInputError(f"block_m must be a power of two in [1, 1024], got {block_m}")
+    return registry.op("moe_align_block_size")(topk_ids, int(num_experts), int(block_m))

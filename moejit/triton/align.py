@@ -12,6 +12,10 @@ so nothing depends on the data and no host synchronization is needed. Ids outsid
 routed to no local expert) are dropped. Within one expert the order of slots is not specified (chunks claim their
 ranges with atomics); every row of the GEMM is computed independently, so results do not depend on it.
 
+The CUDA twin, :func:`moejit.ops.moe_align_block_size` (``kernels_src/align.cu``), has the same contract;
+``MOEJIT_ALIGN=cuda`` makes :func:`align_block_size` use it (default ``triton``), and ``scripts/bench_triton_fp8.py
+--align`` times both.
+
 Two launches plus one memset: per-chunk histograms accumulated into ``counts``; then every program recomputes the
 padded offsets from the counts, writes its share of the block → expert map, and scatters its chunk (ranks within a
 chunk from a comparison matrix, the chunk's base inside each expert's run from one vector atomic per chunk).
@@ -19,6 +23,7 @@ chunk from a comparison matrix, the chunk's base inside each expert's run from o
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -37,8 +42,17 @@ class Alignment(NamedTuple):
 
 def max_padded_size(num_slots: int, num_experts: int, block_m: int) -> int:
     """Worst-case length of ``sorted_ids``: every expert may need ``block_m - 1`` pad slots; whole blocks."""
-    worst = num_slots + num_experts * (block_m - 1)
-    return triton.cdiv(max(worst, 1), block_m) * block_m
+    from moejit.ops.common import align_max_padded
+
+    return align_max_padded(num_slots, num_experts, block_m)
+
+
+def align_impl() -> str:
+    """``"triton"`` (default) or ``"cuda"``, from ``MOEJIT_ALIGN``."""
+    impl = os.environ.get("MOEJIT_ALIGN", "triton").strip().lower() or "triton"
+    if impl not in ("triton", "cuda"):
+        raise ValueError(f"MOEJIT_ALIGN must be 'triton' or 'cuda', got {impl!r}")
+    return impl
 
 
 @triton.jit
@@ -94,10 +108,17 @@ def _align_place_kernel(ids_ptr, counts_ptr, fill_ptr, sorted_ids_ptr, expert_id
     tl.store(sorted_ids_ptr + pos, offs, mask=valid)
 
 
-def align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Alignment:
-    """Sort the slots of ``topk_ids`` by expert, padded per expert to ``block_m`` (see the module docstring)."""
+def align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int, impl: str | None = None) -> Alignment:
+    """Sort the slots of ``topk_ids`` by expert, padded per expert to ``block_m`` (see the module docstring).
+    ``impl``: ``"triton"`` or ``"cuda"`` (:func:`moejit.ops.moe_align_block_size`); None reads ``MOEJIT_ALIGN``."""
     if block_m < 1 or block_m & (block_m - 1):
         raise ValueError(f"block_m must be a power of two, got {block_m}")
+    if impl is None:
+        impl = align_impl()
+    if impl == "cuda":
+        from moejit.ops.common import moe_align_block_size
+
+        return Alignment(*moe_align_block_size(topk_ids.contiguous(), num_experts, block_m))
     device = topk_ids.device
     ids = topk_ids.reshape(-1)
     num_slots = ids.numel()
