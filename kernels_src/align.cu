@@ -56,7 +56,7 @@ __global__ void align_count_kernel(const IdT* __restrict__ ids, int64_t num_slot
 }
 
 // One block. cursors[e] = padded start of expert e (the scatter's atomic cursors).
-__global__ void align_scan_kernel(const int32_t* __restrict__ counts, int num_experts, int block_m,
+__global__ void __launch_bounds__(kScanThreads) align_scan_kernel(const int32_t* __restrict__ counts, int num_experts, int block_m,
                                   int64_t max_blocks, int32_t* __restrict__ cursors,
                                   int32_t* __restrict__ expert_ids, int32_t* __restrict__ num_post_pad) {
   using BlockScan = cub::BlockScan<int32_t, kScanThreads>;

@@ -102,6 +102,7 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
   p.a_per_row = a_scale.numel() != 1;
   p.b_per_col = b_scale.numel() != e;
   p.num_experts = static_cast<int>(e);
+  p.rows = rows;
   p.n = static_cast<int>(n);
   p.k = static_cast<int>(k);
   p.device = a.get_device();

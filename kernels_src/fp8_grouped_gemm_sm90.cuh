@@ -47,6 +47,7 @@ struct GroupedGemmParams {
   bool a_per_row;
   bool b_per_col;
   int num_experts;
+  int64_t rows;                   // rows of a and out (expert_offsets are clamped to [0, rows])
   int n;
   int k;
   int device;
@@ -223,11 +224,14 @@ template <class G>
 __global__ void setup_groups_kernel(GroupArrays<G> g, const int32_t* __restrict__ offsets,
                                     const typename G::ElementAB* a, const typename G::ElementAB* b,
                                     typename G::ElementD* out, const float* a_scale, const float* b_scale,
-                                    bool a_per_row, bool b_per_col, int num_experts, int n, int k) {
+                                    bool a_per_row, bool b_per_col, int num_experts, int64_t total_rows, int n,
+                                    int k) {
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= num_experts) return;
-  const int64_t start = offsets[e];
-  const int rows = offsets[e + 1] - offsets[e];
+  // clamped to [0, total_rows] and non-decreasing, so a bad offsets tensor can never address outside a or out
+  const int64_t start = min(max(static_cast<int64_t>(offsets[e]), int64_t{0}), total_rows);
+  const int64_t end = min(max(static_cast<int64_t>(offsets[e + 1]), start), total_rows);
+  const int rows = static_cast<int>(end - start);
   const auto* a_e = a + start * k;
   const auto* b_e = b + static_cast<int64_t>(e) * n * k;
   const float* as_e = a_per_row ? a_scale + start : a_scale;
@@ -290,7 +294,7 @@ const char* run_grouped_gemm(const GroupedGemmParams& p) {
   setup_groups_kernel<G><<<(p.num_experts + kThreads - 1) / kThreads, kThreads, 0, p.stream>>>(
       g, p.expert_offsets, static_cast<const typename G::ElementAB*>(p.a),
       static_cast<const typename G::ElementAB*>(p.b), static_cast<typename G::ElementD*>(p.out), p.a_scale,
-      p.b_scale, p.a_per_row, p.b_per_col, p.num_experts, p.n, p.k);
+      p.b_scale, p.a_per_row, p.b_per_col, p.num_experts, p.rows, p.n, p.k);
   if (cudaPeekAtLastError() != cudaSuccess) return "cutlass_fp8_grouped_mm: setup kernel launch failed";
 
   auto args = make_arguments<G>(g, p);

@@ -64,6 +64,9 @@ __device__ __forceinline__ RowReader<T, R, kGated> reader(const T* x, int64_t r,
   return {x + r * (kGated ? 2 * cols : cols), cols};
 }
 
+// max that lets NaN win (fmaxf would drop it): a NaN input must give a NaN scale, as the reference's amax does.
+__device__ __forceinline__ float max_nan(float m, float v) { return (v > m || isnan(v)) ? v : m; }
+
 // |x| max over this thread's share of one row.
 template <typename T, typename R, bool kGated, bool kVec>
 __device__ float thread_row_amax(const RowReader<T, R, kGated>& rd) {
@@ -73,10 +76,10 @@ __device__ float thread_row_amax(const RowReader<T, R, kGated>& rd) {
       float v[8];
       rd.at8(c, v);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) m = fmaxf(m, fabsf(v[i]));
+      for (int i = 0; i < 8; ++i) m = max_nan(m, fabsf(v[i]));
     }
   } else {
-    for (int64_t c = threadIdx.x; c < rd.cols; c += blockDim.x) m = fmaxf(m, fabsf(rd.at(c)));
+    for (int64_t c = threadIdx.x; c < rd.cols; c += blockDim.x) m = max_nan(m, fabsf(rd.at(c)));
   }
   return m;
 }
@@ -84,13 +87,13 @@ __device__ float thread_row_amax(const RowReader<T, R, kGated>& rd) {
 __device__ float block_max(float v) {
   __shared__ float warp_max[kThreads / 32];
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
   if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = v;
   __syncthreads();
   if (threadIdx.x < 32) {
     v = threadIdx.x < blockDim.x / 32 ? warp_max[threadIdx.x] : 0.0f;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
     if (threadIdx.x == 0) warp_max[0] = v;
   }
   __syncthreads();
@@ -103,11 +106,16 @@ __device__ __forceinline__ int64_t row_limit(int64_t rows, const int32_t* num_ro
   return num_rows ? min(rows, static_cast<int64_t>(max(*num_rows, 0))) : rows;
 }
 
-__device__ __forceinline__ float scale_from_amax(float amax) { return fmaxf(amax / kFp8Max, kMinScale); }
+// NaN stays NaN (fmaxf would turn it into the minimum scale).
+__device__ __forceinline__ float scale_from_amax(float amax) {
+  return isnan(amax) ? amax : fmaxf(amax / kFp8Max, kMinScale);
+}
 
 __device__ __forceinline__ __nv_fp8_e4m3 to_fp8(float v, float s) {
-  // Division (not a reciprocal multiply) to round exactly like the reference; the clamp maps ±inf/overflow to ±448.
-  return __nv_fp8_e4m3(fminf(fmaxf(v / s, -kFp8Max), kFp8Max));
+  // Division (not a reciprocal multiply) to round exactly like the reference; the clamp maps ±inf/overflow to ±448
+  // and leaves NaN alone (it converts to the e4m3 NaN, as the reference's clamp + conversion does).
+  const float y = v / s;
+  return __nv_fp8_e4m3(isnan(y) ? y : fminf(fmaxf(y, -kFp8Max), kFp8Max));
 }
 
 template <typename T, typename R, bool kGated, bool kVec>
@@ -133,9 +141,10 @@ __global__ void tensor_amax_kernel(const T* __restrict__ x, int64_t rows, int64_
                                    const int32_t* __restrict__ num_rows, unsigned int* __restrict__ amax_bits) {
   const int64_t limit = row_limit(rows, num_rows);
   float m = 0.0f;
-  for (int64_t r = blockIdx.x; r < limit; r += gridDim.x) m = fmaxf(m, thread_row_amax<T, R, kGated, kVec>(reader<T, R, kGated>(x, r, cols)));
+  for (int64_t r = blockIdx.x; r < limit; r += gridDim.x) m = max_nan(m, thread_row_amax<T, R, kGated, kVec>(reader<T, R, kGated>(x, r, cols)));
   m = block_max(m);
-  if (threadIdx.x == 0 && m > 0.0f) atomicMax(amax_bits, __float_as_uint(m));
+  // |x| >= 0, and a NaN's bits (0x7fc00000 and up) exceed every finite or infinite value's: NaN wins, as it should
+  if (threadIdx.x == 0 && (m > 0.0f || isnan(m))) atomicMax(amax_bits, __float_as_uint(fabsf(m)));
 }
 
 // Per-tensor quantization with a static scale (amax_bits == nullptr) or the scale from pass 1 (also written to
@@ -223,14 +232,21 @@ std::tuple<at::Tensor, at::Tensor> quantize_impl(const at::Tensor& x, const std:
   at::Tensor q = at::empty({rows, cols}, x.options().dtype(at::kFloat8_e4m3fn));
   at::Tensor s_out = per_token ? at::empty({rows, 1}, x.options().dtype(at::kFloat))
                                : (is_static ? scale->reshape({1}).clone() : at::empty({1}, x.options().dtype(at::kFloat)));
-  if (!per_token && !is_static && (rows == 0 || cols == 0)) s_out.fill_(kMinScale);
+  // no columns: dynamic scales of an empty scope are the minimum scale (per token: every row's)
+  if (!is_static && (rows == 0 || cols == 0)) s_out.fill_(kMinScale);
   if (rows == 0 || cols == 0) return {q, s_out};
 
   const int grid = grid_for(rows);
-  const at::ScalarType round = round_dtype.value_or(x.scalar_type());
-  MOEJIT_CHECK(round == at::kBFloat16 || round == at::kHalf, op, ": round_dtype must be bfloat16 or float16");
-  MOEJIT_CHECK(x.scalar_type() == at::kFloat || round == x.scalar_type(), op,
-               ": round_dtype applies to float32 input only");
+  // The gated value is rounded to a 16-bit type (x's own, or round_dtype for float32 x); plain quantization never
+  // rounds, so its R is a placeholder.
+  at::ScalarType round = at::kBFloat16;
+  if constexpr (kGated) {
+    round = round_dtype.value_or(x.scalar_type());
+    MOEJIT_CHECK(round == at::kBFloat16 || round == at::kHalf, op,
+                 ": float32 x needs round_dtype bfloat16 or float16 (the activation dtype)");
+    MOEJIT_CHECK(x.scalar_type() == at::kFloat || round == x.scalar_type(), op,
+                 ": round_dtype applies to float32 input only");
+  }
   dispatch_quant_types(x.scalar_type(), round, op, [&](auto* tag, auto* round_tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using R = std::remove_pointer_t<decltype(round_tag)>;

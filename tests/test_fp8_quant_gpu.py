@@ -31,7 +31,7 @@ def _quant(fn, x, mode, gen):
     return fn(x, per_token=(mode == "token")), None
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float32])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("mode", MODES)
 def test_fp8_quant_matches_reference_exactly(dtype, shape, mode, seeded):
@@ -68,6 +68,22 @@ def test_silu_mul_fp8_quant(dtype, round_dtype, shape, mode, seeded):
     torch.testing.assert_close(s, s_ref.reshape(s.shape), rtol=1e-2, atol=0)
     assert rel_error(fp8_dequant_ref(q, s), fp8_dequant_ref(q_ref, s_ref)) < 1e-2
     assert (_bytes(q) != _bytes(q_ref)).float().mean().item() < 1e-2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_propagates_like_the_reference(mode):
+    """A NaN input is not hidden: per tensor (dynamic) every scale and value becomes NaN, per token its row's, and a
+    static scale leaves the NaN element NaN — as fp8_quant_ref (amax and clamp propagate NaN) does."""
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    x[1, 3] = float("nan")
+    static = torch.tensor([0.01]) if mode == "static" else None
+    q, s = ops.fp8_quant(x.cuda(), None if static is None else static.cuda(), per_token=mode == "token")
+    q_ref, s_ref = fp8_quant_ref(x, scale=static, per_token=mode == "token")
+    assert torch.equal(s.cpu().isnan(), s_ref.reshape(s.shape).isnan())
+    assert torch.equal(q.float().cpu().isnan(), q_ref.float().isnan())
+    assert q.float().isnan().any()
+    finite = ~q_ref.float().isnan()
+    assert torch.equal(_bytes(q).cpu()[finite], _bytes(q_ref)[finite])
 
 
 @pytest.mark.parametrize("fn", [ops.fp8_quant, ops.silu_mul_fp8_quant])

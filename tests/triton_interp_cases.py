@@ -52,10 +52,13 @@ def assert_fp8_equal(q: torch.Tensor, ref: torch.Tensor, unrounded: torch.Tensor
 
 @pytest.mark.parametrize("m,topk,e,block_m", [(1, 1, 8, 16), (7, 2, 8, 16), (300, 8, 64, 16), (1000, 8, 256, 64),
                                                (64, 8, 384, 128), (129, 1, 3, 32)])
-def test_align(seeded, m, topk, e, block_m):
-    ids = torch.randint(0, e, (m, topk), generator=seeded, dtype=torch.int32)
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+def test_align(seeded, m, topk, e, block_m, id_dtype):
+    ids = torch.randint(0, e, (m, topk), generator=seeded, dtype=id_dtype)
     if m > 2:
         ids[0, 0], ids[1, -1] = -1, e  # dropped slots
+        if id_dtype == torch.int64:
+            ids[2, 0] = 2**32 + 1  # dropped too (not expert 1 after narrowing to int32)
     if m > 64:
         ids[10:60, 0] = 1  # a hot expert spanning several chunks
     sorted_ids, expert_ids, total = align_block_size(ids, e, block_m)

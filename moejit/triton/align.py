@@ -62,9 +62,9 @@ def _align_count_kernel(ids_ptr, counts_ptr, sorted_ids_ptr, num_slots, num_expe
     offs = pid * CHUNK + tl.arange(0, CHUNK)
     # every program also pre-fills its slice of sorted_ids with the sentinel; the scatter overwrites real slots
     tl.store(sorted_ids_ptr + offs, tl.full((CHUNK,), 0, tl.int32) + num_slots, mask=offs < max_padded)
-    ids = tl.load(ids_ptr + offs, mask=offs < num_slots, other=-1).to(tl.int32)
-    valid = (ids >= 0) & (ids < num_experts)
-    hist = tl.histogram(tl.where(valid, ids, 0), E_POW2, mask=valid)
+    raw = tl.load(ids_ptr + offs, mask=offs < num_slots, other=-1)  # int32 or int64: compare before narrowing
+    valid = (raw >= 0) & (raw < num_experts)
+    hist = tl.histogram(tl.where(valid, raw, 0).to(tl.int32), E_POW2, mask=valid)
     bins = tl.arange(0, E_POW2)
     tl.atomic_add(counts_ptr + bins, hist, mask=(bins < num_experts) & (hist > 0), sem="relaxed")
 
@@ -94,9 +94,9 @@ def _align_place_kernel(ids_ptr, counts_ptr, fill_ptr, sorted_ids_ptr, expert_id
 
     idx = tl.arange(0, CHUNK)
     offs = pid * CHUNK + idx
-    ids = tl.load(ids_ptr + offs, mask=offs < num_slots, other=-1).to(tl.int32)
-    valid = (ids >= 0) & (ids < num_experts)
-    safe = tl.where(valid, ids, 0)
+    raw = tl.load(ids_ptr + offs, mask=offs < num_slots, other=-1)
+    valid = (raw >= 0) & (raw < num_experts)
+    safe = tl.where(valid, raw, 0).to(tl.int32)
     hist = tl.histogram(safe, E_POW2, mask=valid)
     # one vector atomic claims this chunk's range inside every expert's run
     base = tl.atomic_add(fill_ptr + e, hist, mask=(e < num_experts) & (hist > 0), sem="relaxed")
