@@ -36,17 +36,12 @@ def routed_offsets(m: int, e: int, topk: int, gen: torch.Generator) -> torch.Ten
 
 
 def measure_ceilings() -> dict:
-    """Copy bandwidth (GB/s, 1 GiB device copy) and the int8 matmul rate of torch._int_mm (TOPS, 8192^3)."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    t = time_cuda_graph(lambda: dst.copy_(src), ops_per_graph=5, iters=20)
-    bw = 2 * src.numel() / (t.median_us * 1e-6) / 1e9
-    del src, dst
-    a = torch.randint(-127, 128, (8192, 8192), dtype=torch.int8, device="cuda")
-    b = torch.randint(-127, 128, (8192, 8192), dtype=torch.int8, device="cuda").t()
-    t = time_cuda_graph(lambda: torch._int_mm(a, b), ops_per_graph=5, iters=20)
-    tops = 2 * 8192**3 / (t.median_us * 1e-6) / 1e12
-    return {"copy_GBps": bw, "int8_mm_TOPS": tops}
+    """Copy bandwidth (GB/s) and the int8 matmul rate of torch._int_mm (TOPS, 8192^3): the ceilings `moejit bench`
+    measures and caches per device (moejit.bench.roofline)."""
+    from moejit.bench.roofline import get_ceilings
+
+    c = get_ceilings(("int8",))
+    return {"copy_GBps": c.copy_gbps, "int8_mm_TOPS": c.rate("int8")}
 
 
 def bench_gemm(rows: int, offsets: torch.Tensor, e: int, n: int, k: int, gen: torch.Generator, out_dtype) -> dict:
