@@ -26,7 +26,7 @@ export MOEJIT_CACHE_DIR="${MOEJIT_CACHE_DIR:-$PWD/.jitcache}"          # ignored
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$MOEJIT_CACHE_DIR/triton}"
 export MOEJIT_ERR_LOG="$LOG/errors_measured.log"
 T_TOTAL="${T_TOTAL:-570}"
-T_BUILD="${T_BUILD:-180}" T_DEFAULT="${T_DEFAULT:-100}" T_FUSED="${T_FUSED:-70}" T_SWEEP="${T_SWEEP:-170}"
+T_BUILD="${T_BUILD:-90}" T_DEFAULT="${T_DEFAULT:-100}" T_FUSED="${T_FUSED:-70}" T_SWEEP="${T_SWEEP:-140}"
 T_TESTS="${T_TESTS:-170}"
 START=$(date +%s)
 status=0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU suite in one call, for a GPU machine: cold build of every module (timed), warm load (timed),
 # the GPU tests, and a smoke benchmark. Logs go to $OUT when set (else ./gpu_logs).
-#   MOEJIT_SUITE_TESTS   pytest selection (default: tests)
+#   MOEJIT_SUITE_TESTS   pytest arguments (default: the GPU tests, 4 workers: -m gpu -n 4 --timeout 300 tests)
 #   MOEJIT_SUITE_BENCH   extra args for the smoke benchmark (default: a short mixtral sweep); "skip" to skip
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ for name, module in jit.MODULES.items():
 PY
 
 echo "== GPU tests ==" | tee "$LOG/tests.log"
-python3 -m pytest -rs -q ${MOEJIT_SUITE_TESTS:-tests} 2>&1 | tee -a "$LOG/tests.log"
+python3 -m pytest -rs -q ${MOEJIT_SUITE_TESTS:--m gpu -n 4 --timeout 300 tests} 2>&1 | tee -a "$LOG/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 if [ "${MOEJIT_SUITE_BENCH:-}" != "skip" ]; then

@@ -150,7 +150,7 @@ def test_small_real_sweep(tmp_path):
                                                                                   "triton-fp8"))
     shape = ModelShape("small", 16, 4, 1024, 256)
     plan["shapes"], plan["configs"] = [shape], [Config(shape, QUANT)]
-    opts = SweepOptions(batch_sizes=(16, 256), ops_per_graph=2, warmup=1, iters=3, tolerance=0.15)
+    opts = SweepOptions(batch_sizes=(16, 256), ops_per_graph=2, warmup=1, iters=3, tolerance=0.15, dtype="bfloat16")
     console = Console(record=True, width=200)
     results, stages = run_int8(console, plan, opts, json_path=tmp_path / "o.json", csv_path=tmp_path / "o.csv")
     print(console.export_text())

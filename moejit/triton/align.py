@@ -115,6 +115,8 @@ def align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int, imp
         raise ValueError(f"block_m must be a power of two, got {block_m}")
     if impl is None:
         impl = align_impl()
+    elif impl not in ("triton", "cuda"):
+        raise ValueError(f"impl must be 'triton' or 'cuda', got {impl!r}")
     if impl == "cuda":
         from moejit.ops.common import moe_align_block_size
 
