@@ -92,7 +92,9 @@ def test_weight_quantization_layouts(seeded, per_out_ch, block, scale_shape):
         full = s.repeat_interleave(16, 1).repeat_interleave(32, 2)[:, :40, :96]
     else:
         full = s[..., None] if per_out_ch else s[:, None, None]
-    assert ((q.float() * full - w).abs() <= full / 2 * (1 + 1e-6)).all()  # within half a step everywhere
+    # within half a step everywhere; slack for the float32 rounding of q·s (|q| ≤ 127: up to 127·s·2^-24 ≈ 8e-6·s)
+    # and of the subtraction (seen: a 1e-6 relative slack failed once)
+    assert ((q.float() * full - w).abs() <= full * (0.5 + 1e-4)).all()
     assert (q[1, :16, :32] == 0).all() if block is not None else True
     # the scale is amax · fl(1/127), bit for bit
     amax = w.abs().amax(dim=-1) if per_out_ch and block is None else None
