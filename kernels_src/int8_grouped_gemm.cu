@@ -102,19 +102,6 @@ PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Ten
 
 }  // namespace int8_gemm
 
-namespace {
-
-template <int kTileM>
-void dispatch_per_tensor(const int8_gemm::GroupedGemmParams& params, at::ScalarType out_dtype, cudaStream_t stream) {
-  if (out_dtype == at::kBFloat16) {
-    int8_gemm::launch_grouped_gemm<kTileM, false, false, __nv_bfloat16>(params, stream);
-  } else {
-    int8_gemm::launch_grouped_gemm<kTileM, false, false, __half>(params, stream);
-  }
-}
-
-}  // namespace
-
 std::tuple<int64_t, int64_t, int64_t, int64_t> check_int8_grouped_operands(const char* op, const at::Tensor& a,
                                                                             const at::Tensor& b,
                                                                             const at::Tensor& expert_offsets,
@@ -180,9 +167,9 @@ at::Tensor int8_grouped_mm(const at::Tensor& a, const at::Tensor& a_scale, const
   params.b_scale_per_channel = b_scale.numel() != num_experts;
   const int tile_m = launch.tile_m;
   if (tile_m == 64) {
-    dispatch_per_tensor<64>(params, out_dtype, stream);
+    int8_gemm::launch_for_dtype<64, false, false>(params, out_dtype, stream);
   } else {
-    dispatch_per_tensor<128>(params, out_dtype, stream);
+    int8_gemm::launch_for_dtype<128, false, false>(params, out_dtype, stream);
   }
   MOEJIT_CUDA_LAUNCH_CHECK();
   return out;

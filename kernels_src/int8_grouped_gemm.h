@@ -36,6 +36,16 @@ struct PreparedLaunch {
 };
 PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& out,
                               const at::Tensor& expert_offsets, cudaStream_t stream);
+
+// launch_grouped_gemm for the output dtype (bf16 or fp16; checked by check_int8_grouped_operands).
+template <int kTileM, bool kHybrid, bool kMultiGroup>
+void launch_for_dtype(const GroupedGemmParams& params, at::ScalarType out_dtype, cudaStream_t stream) {
+  if (out_dtype == at::kBFloat16) {
+    launch_grouped_gemm<kTileM, kHybrid, kMultiGroup, __nv_bfloat16>(params, stream);
+  } else {
+    launch_grouped_gemm<kTileM, kHybrid, kMultiGroup, __half>(params, stream);
+  }
+}
 }  // namespace int8_gemm
 
 }  // namespace moejit

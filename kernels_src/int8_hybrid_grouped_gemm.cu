@@ -14,19 +14,6 @@
 #include "ops.h"
 
 namespace moejit {
-namespace {
-
-template <int kTileM, bool kMultiGroup>
-void dispatch_hybrid(const int8_gemm::GroupedGemmParams& params, at::ScalarType out_dtype, cudaStream_t stream) {
-  if (out_dtype == at::kBFloat16) {
-    int8_gemm::launch_grouped_gemm<kTileM, true, kMultiGroup, __nv_bfloat16>(params, stream);
-  } else {
-    int8_gemm::launch_grouped_gemm<kTileM, true, kMultiGroup, __half>(params, stream);
-  }
-}
-
-}  // namespace
-
 at::Tensor int8_hybrid_grouped_mm(const at::Tensor& a, const at::Tensor& a_q, const at::Tensor& a_f,
                                   const at::Tensor& b, const at::Tensor& b_scale, const at::Tensor& expert_offsets,
                                   int64_t block_size, int64_t super_group_size, int64_t q_max,
@@ -83,11 +70,11 @@ at::Tensor int8_hybrid_grouped_mm(const at::Tensor& a, const at::Tensor& a_q, co
   const int tile_m = launch.tile_m;
   const bool multi_group = num_groups > 1;
   if (tile_m == 64) {
-    multi_group ? dispatch_hybrid<64, true>(params, out_dtype, stream)
-                : dispatch_hybrid<64, false>(params, out_dtype, stream);
+    multi_group ? int8_gemm::launch_for_dtype<64, true, true>(params, out_dtype, stream)
+                : int8_gemm::launch_for_dtype<64, true, false>(params, out_dtype, stream);
   } else {
-    multi_group ? dispatch_hybrid<128, true>(params, out_dtype, stream)
-                : dispatch_hybrid<128, false>(params, out_dtype, stream);
+    multi_group ? int8_gemm::launch_for_dtype<128, true, true>(params, out_dtype, stream)
+                : int8_gemm::launch_for_dtype<128, true, false>(params, out_dtype, stream);
   }
   MOEJIT_CUDA_LAUNCH_CHECK();
   return out;

@@ -189,14 +189,14 @@ def test_interp_int8_quantizer_is_bit_exact(seeded, mode, silu):
 def test_interp_int8_layer_matches_the_exact_reference(seeded, mode):
     """The whole layer with int8 operands: int32 accumulation of exact products, so only the fp16 roundings of the
     intermediate / per-slot outputs differ from the float32 reference (and the rare int8 step they flip)."""
-    from moejit.moe.triton_int8 import _triton_moe_int8_impl
+    from moejit.moe.triton_fp8 import _fused_moe_quantized
 
     a, _, (q1, q2, s1, s2), tw, ids, block = _layer_inputs(seeded, mode=mode)
     ids[1, 0] = -1  # a dropped slot
     per_token, per_ch = mode == "token_channel", mode == "token_channel"
     cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
-    out = _triton_moe_int8_impl(a, q1, q2, tw, ids, s1, s2, None, None, per_token, per_ch, block, torch.float16,
-                                config=cfg)
+    out = _fused_moe_quantized(a, q1, q2, tw, ids, s1, s2, None, None, per_token, per_ch, block, torch.float16,
+                               config=cfg)
     ref = moe_int8_w8a8_ref(a, q1, q2, tw, ids, s1, s2, per_act_token=per_token, block_shape=block)
     assert out.dtype == torch.float16 and out.shape == a.shape
     assert rel_error(out, ref) < 5e-3

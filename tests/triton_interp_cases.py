@@ -115,7 +115,7 @@ def test_fused_moe_layer_small(seeded, monkeypatch, mode):
     interpreter's e4m3 conversion defect (see above) would dominate the error, so the quantized values are
     re-derived with torch from the kernels' own scales (test_quant checks the kernels' values themselves)."""
     import moejit.triton.quant as tq
-    from moejit.moe.triton_fp8 import _triton_moe_fp8_impl
+    from moejit.moe.triton_fp8 import _fused_moe_quantized
 
     kernel_quant = tq.quantize_activations
 
@@ -135,7 +135,7 @@ def test_fused_moe_layer_small(seeded, monkeypatch, mode):
     ids = torch.randint(0, e, (m, topk), generator=seeded, dtype=torch.int32)
     ids[1, 0] = -1
     weights = torch.rand(m, topk, generator=seeded)
-    out = _triton_moe_fp8_impl(a, w1, w2, weights, ids, s1, s2, a1, a2, per_token, per_ch, block, torch.float16,
+    out = _fused_moe_quantized(a, w1, w2, weights, ids, s1, s2, a1, a2, per_token, per_ch, block, torch.float16,
                                config=dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=64, GROUP_SIZE_M=1,
                                            num_warps=4, num_stages=2))
     ref = moe_fp8_ref(a, w1, w2, weights, ids, s1, s2, a1, a2, per_act_token=per_token, block_shape=block)

@@ -50,7 +50,8 @@ def _check_args(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_sc
 
 def _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale, a2_scale,
                          per_act_token, per_out_ch, block_shape, out_dtype, config=None):
-    """The layer after validation, for either quantized dtype (``w1_q.dtype``: e4m3 or int8)."""
+    """The layer after validation, for either quantized dtype (``w1_q.dtype``: e4m3 or int8); both public layers
+    call it, and so do the tuner and the interpreter tests (with a fixed ``config``)."""
     from moejit.triton import configs
     from moejit.triton.align import align_block_size
     from moejit.triton.fused_moe import (A_GROUP, A_ROW, A_TENSOR, W_BLOCK, W_CHANNEL, W_TENSOR,
@@ -84,13 +85,6 @@ def _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_sca
     invoke_fused_moe_gemm(inter_q, w2_q, y, inter_s, w2_scale, topk_weights, align, 1, a_mode, w_mode, config,
                           block_shape)
     return moe_sum(y, topk_ids, e, out)
-
-
-def _triton_moe_fp8_impl(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale, a2_scale,
-                         per_act_token, per_out_ch, block_shape, out_dtype, config=None):
-    """Unvalidated entry used by the CPU interpreter tests and the tuner (fixed ``config``)."""
-    return _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale, a2_scale,
-                                per_act_token, per_out_ch, block_shape, out_dtype, config)
 
 
 def triton_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_weights: torch.Tensor,

@@ -35,15 +35,6 @@ def _check_capability(a: torch.Tensor) -> None:
                                    f"dot); this GPU is sm_{cc[0]}{cc[1]}")
 
 
-def _triton_moe_int8_impl(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale, a2_scale,
-                          per_act_token, per_out_ch, block_shape, out_dtype, config=None):
-    """Unvalidated entry (CPU interpreter tests, the tuner): the shared pipeline with int8 operands."""
-    from moejit.moe.triton_fp8 import _fused_moe_quantized
-
-    return _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale, a2_scale,
-                                per_act_token, per_out_ch, block_shape, out_dtype, config)
-
-
 def triton_moe_int8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_weights: torch.Tensor,
                     topk_ids: torch.Tensor, w1_scale: torch.Tensor, w2_scale: torch.Tensor,
                     a1_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None,
@@ -75,14 +66,14 @@ def triton_moe_int8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
     synchronizes with the host, so the layer captures into CUDA graphs. Returns ``[M, K]`` in ``out_dtype``.
     Raises :class:`moejit.errors.MoejitInputError` on bad input.
     """
-    from moejit.moe.triton_fp8 import _check_args
+    from moejit.moe.triton_fp8 import _check_args, _fused_moe_quantized
 
     _, block_shape, out_dtype = _check_args(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale,
                                             a2_scale, per_act_token, per_out_ch, block_shape, activation, out_dtype,
                                             INT8)
     _check_capability(a)
-    return _triton_moe_int8_impl(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale, a2_scale,
-                                 per_act_token, per_out_ch, block_shape, out_dtype)
+    return _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale, a2_scale,
+                                per_act_token, per_out_ch, block_shape, out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------

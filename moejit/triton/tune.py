@@ -1,7 +1,7 @@
 """``moejit tune``: search fused-MoE kernel configs on the current GPU and write the tables the layer reads.
 
 For every model × TP size × quantization mode, and every batch size M, the whole layer
-(:func:`moejit.moe.triton_fp8._triton_moe_fp8_impl` with a fixed config) is timed with CUDA graphs
+(:func:`moejit.moe.triton_fp8._fused_moe_quantized` with a fixed config) is timed with CUDA graphs
 (:func:`moejit.bench.timing.time_cuda_graph`) over a pruned space, in two rounds:
 
 1. tiles: BLOCK_SIZE_M from the expected rows per expert (``M·topk/E``; at most three sizes), BLOCK_SIZE_N
