@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+import triton_layer_cases as cases
 
 from moejit.errors import MoejitInputError
 from moejit.reference import fp8_quant_ref, moe_fp8_ref, moe_ref, quantize_weights_fp8_ref, rel_error
@@ -20,73 +21,20 @@ from moejit.reference import fp8_quant_ref, moe_fp8_ref, moe_ref, quantize_weigh
 pytestmark = pytest.mark.gpu
 
 FP8 = torch.float8_e4m3fn
-# (E, topk, K = hidden, N = intermediate per shard)
-SHAPES = {
-    "mixtral-8x7b": (8, 2, 4096, 14336),
-    "qwen3.6-35b-a3b": (256, 8, 2048, 512),
-    "deepseek-v3-tp8": (256, 8, 7168, 256),
-}
-MODES = {  # name: (per_act_token, per_out_ch, block_shape, static activation scales)
-    "token_channel": (True, True, None, False),
-    "tensor_tensor": (False, False, None, False),
-    "static_tensor": (False, False, None, True),
-    "tensor_channel": (False, True, None, False),
-    "block128": (False, False, (128, 128), False),
-}
+SHAPES, MODES = cases.SHAPES, cases.MODES
+routing = cases.routing
+weights = cases.WeightCache(quantize_weights_fp8_ref)
 
 
 @pytest.fixture(scope="module")
 def gen():
-    seed = torch.randint(0, 2**31 - 1, ()).item()
-    print(f"seed={seed}")
-    return torch.Generator(device="cuda").manual_seed(seed)
+    return cases.cuda_generator()
 
 
-_weights = {}
-
-
-def weights(name, gen, per_out_ch, block_shape):
-    """Float weights (scaled like a trained layer: unit-variance outputs) and their quantization, cached."""
-    e, topk, k, n = SHAPES[name]
-    if name not in _weights:
-        _weights.clear()  # keep one model's float weights at a time
-        w1 = torch.randn(e, 2 * n, k, device="cuda", generator=gen) / k ** 0.5
-        w2 = torch.randn(e, k, n, device="cuda", generator=gen) / n ** 0.5
-        _weights[name] = {"float": (w1, w2)}
-    key = (per_out_ch, block_shape)
-    if key not in _weights[name]:
-        w1, w2 = _weights[name]["float"]
-        _weights[name][key] = (quantize_weights_fp8_ref(w1, per_out_ch, block_shape),
-                               quantize_weights_fp8_ref(w2, per_out_ch, block_shape))
-    return _weights[name]["float"], _weights[name][key]
-
-
-def routing(m, e, topk, gen, dtype=torch.int32):
-    scores = torch.rand(m, e, device="cuda", generator=gen)
-    weights, ids = torch.topk(torch.softmax(scores, dim=-1), topk, dim=-1)
-    return weights / weights.sum(dim=-1, keepdim=True), ids.to(dtype)
-
-
-def run_layer(name, mode, m, gen, dtype=torch.bfloat16, ids_override=None, topk=None, out_dtype=None):
+def run_layer(name, mode, m, gen, **kw):
     from moejit.ops import triton_moe_fp8
 
-    e, default_topk, k, n = SHAPES[name]
-    topk = topk or default_topk
-    per_token, per_ch, block, static = MODES[mode]
-    (w1f, w2f), ((w1, s1), (w2, s2)) = weights(name, gen, per_ch, block)
-    a = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
-    tw, ids = routing(m, e, topk, gen)
-    if ids_override is not None:
-        ids = ids_override(ids)
-    a1 = a2 = None
-    if static:
-        a1 = (a.float().abs().amax() / 448).reshape(1)
-        a2 = torch.full((1,), 4.0 / 448, device="cuda")  # a plausible calibrated intermediate scale
-    out = triton_moe_fp8(a, w1, w2, tw, ids, s1, s2, a1, a2, per_act_token=per_token, per_out_ch=per_ch,
-                         block_shape=block, out_dtype=out_dtype)
-    assert out.dtype == (out_dtype or dtype) and out.shape == (m, k)
-    ref = moe_fp8_ref(a, w1, w2, tw, ids, s1, s2, a1, a2, per_act_token=per_token, block_shape=block)
-    return out, ref, (a, w1f, w2f, tw, ids)
+    return cases.run_layer(triton_moe_fp8, moe_fp8_ref, weights, 448, name, mode, m, gen, **kw)
 
 
 CASES = [(name, mode, m) for name in SHAPES for mode in MODES for m in (1, 37, 512)]
