@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from moejit.errors import MoejitInputError
-from moejit.moe.triton_int8 import quantize_weights_int8_w8a8, triton_moe_int8
+from moejit.moe.triton_int8 import triton_moe_int8
+from moejit.moe.weights import quantize_weights_int8_w8a8
 from moejit.reference import int8_quant_w8a8_ref, moe_int8_ref, moe_int8_w8a8_ref, moe_ref, rel_error
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import torch
 import triton_layer_cases as cases
 
 from moejit.errors import MoejitInputError
-from moejit.moe.triton_int8 import quantize_weights_int8_w8a8
+from moejit.moe.weights import quantize_weights_int8_w8a8
 from moejit.reference import moe_int8_w8a8_ref, moe_ref, rel_error
 
 pytestmark = pytest.mark.gpu

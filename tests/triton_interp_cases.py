@@ -125,7 +125,7 @@ def test_fused_moe_layer_small(seeded, monkeypatch, mode):
         return (x.float() / full).clamp(-448, 448).to(q_dtype), s
 
     monkeypatch.setattr(tq, "quantize_activations", quant_with_torch_conversion)
-    m, k, n, e, topk = 5, 256, 128, 4, 2
+    m, k, n, e, topk = 24, 256, 128, 4, 2
     per_token, per_ch = mode == "token_channel", mode == "token_channel"
     block = (128, 128) if mode == "block" else None
     a1 = a2 = torch.tensor([0.02]) if mode == "static" else None
@@ -140,10 +140,13 @@ def test_fused_moe_layer_small(seeded, monkeypatch, mode):
                                            num_warps=4, num_stages=2))
     ref = moe_fp8_ref(a, w1, w2, weights, ids, s1, s2, a1, a2, per_act_token=per_token, block_shape=block)
     # same quantization as the reference; what remains is float32 summation order and the fp16 rounding of the
-    # intermediate and output (2^-11) plus the e4m3 rounding flips it causes: one flip moves one of the ~1300
-    # intermediate values by an e4m3 step (up to 12.5%), ~3.5e-3 of the output norm at this tiny size (seen: 5e-3
-    # once in ~20 seeds), so the bound is the 1e-2 for an exact-quantization reference
-    assert rel_error(out, ref) < 1e-2
+    # intermediate and output (2^-11): 3e-4 when nothing flips. But a 1-ulp difference in an fp16 intermediate
+    # value can flip its e4m3 rounding, moving it by a whole e4m3 step (up to 12.5%); at this size (6144
+    # intermediate values) a few flips in large values reach 1e-2 (seen over 12 seeds × 2 modes: 3e-4 in half of
+    # them, at most 1.04e-2; at M=5 the tail reached 1.5e-2). The GPU tests hold the 1e-2 at real sizes,
+    # where flips average out; here 2e-2 still catches every wiring error (a wrong expert, scale, router weight or
+    # dropped slot moves the output by far more).
+    assert rel_error(out, ref) < 2e-2
 
 
 def _gemm_ref(a_q, a_s, w_q, w_s, ids, topk, weights, a_mode, w_mode, block_shape):

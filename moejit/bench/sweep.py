@@ -202,18 +202,19 @@ def torch_dtype(name: str):
 def make_fp8_weights(num_experts: int, n_out: int, k_in: int, per_out_ch: bool, device, generator,
                      std: float | None = None):
     """Random expert weights ``[E, n_out, k_in]`` generated straight into FP8, one expert at a time (never a full
-    16-bit copy), quantized exactly as :func:`moejit.reference.quantize_weights_fp8_ref` does: scales ``[E]`` per
-    expert or ``[E, n_out]`` per output channel. ``std`` defaults to ``1/sqrt(k_in)`` (outputs of order 1)."""
+    16-bit copy), quantized by :func:`moejit.ops.quantize_weights_fp8`: scales ``[E]`` per expert or ``[E, n_out]``
+    per output channel. ``std`` defaults to ``1/sqrt(k_in)`` (outputs of order 1)."""
     import torch
 
-    from moejit.reference import FP8_DTYPE, quantize_weights_fp8_ref
+    from moejit.moe.weights import quantize_weights_fp8
+    from moejit.reference import FP8_DTYPE
 
     std = 1.0 / math.sqrt(k_in) if std is None else std
     q = torch.empty((num_experts, n_out, k_in), dtype=FP8_DTYPE, device=device)
     scale = torch.empty((num_experts, n_out) if per_out_ch else (num_experts,), dtype=torch.float32, device=device)
     for e in range(num_experts):
         w = torch.randn((1, n_out, k_in), generator=generator, device=device, dtype=torch.float32).mul_(std)
-        q[e:e + 1], s = quantize_weights_fp8_ref(w, per_out_ch=per_out_ch)
+        q[e:e + 1], s = quantize_weights_fp8(w, per_out_ch=per_out_ch)
         scale[e] = s[0]
         del w, s
     return q, scale

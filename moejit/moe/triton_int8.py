@@ -7,8 +7,9 @@ quantized intermediate, GEMM2 with the router weight, masked top-k sum), the sam
 (:mod:`moejit.triton.fused_moe`, which accumulates int8 products in int32 and converts once in the epilogue, or
 per K step for block scales) and the same config tables (:mod:`moejit.triton.configs`, dtype key ``int8_w8a8``;
 ``moejit tune --dtype int8`` writes them). Only what differs lives here: the dtype, the compute-capability floor
-(int8 ``tl.dot`` needs sm_80, not FP8's sm_89), and a weight-quantization helper for every scale layout (the float32 reference that
-simulates the layer's exact quantization is :func:`moejit.reference.moe_int8_w8a8_ref`).
+(int8 ``tl.dot`` needs sm_80, not FP8's sm_89). Weights come from
+:func:`moejit.moe.weights.quantize_weights_int8_w8a8`; the float32 reference that simulates the layer's exact
+quantization is :func:`moejit.reference.moe_int8_w8a8_ref`.
 
 Quantization (symmetric, range [-127, 127], ``real ≈ q · scale``), as :mod:`moejit.triton.quant` computes it:
 dynamic scales ``max(amax · fl(1/127), 1e-12)``; ``q = rint(clamp(x / scale, ±127))`` (IEEE division, round half to
@@ -21,7 +22,6 @@ from __future__ import annotations
 import torch
 
 from moejit.errors import MoejitInputError
-from moejit.reference.int8 import w8a8_round_ref, w8a8_scale_ref
 
 INT8 = torch.int8
 MIN_CAPABILITY = (8, 0)  # int8 tensor-core tl.dot (mma.sync m16n8k32) needs Ampere or newer
@@ -52,7 +52,7 @@ def triton_moe_int8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
         topk_weights, topk_ids: ``[M, topk]`` routing (ids int32/int64; -1 marks a slot routed to no local expert).
         w1_scale, w2_scale: float32 per expert ``[E]`` (``[E, 1, 1]`` accepted), with ``per_out_ch`` per output
             channel ``[E, 2N]`` / ``[E, K]``, or with ``block_shape=(bn, bk)`` per block
-            ``[E, ceil(2N/bn), K/bk]`` / ``[E, ceil(K/bn), N/bk]`` (:func:`quantize_weights_int8_w8a8` makes them).
+            ``[E, ceil(2N/bn), K/bk]`` / ``[E, ceil(K/bn), N/bk]`` (:func:`moejit.ops.quantize_weights_int8_w8a8` makes them).
         a1_scale, a2_scale: optional static per-tensor activation scales (one float32 element). When absent the
             activations are quantized dynamically: per token with ``per_act_token``, in 1×bk groups with
             ``block_shape``, else per tensor (the intermediate's amax over all of its live rows).
@@ -76,53 +76,4 @@ def triton_moe_int8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
                                 per_act_token, per_out_ch, block_shape, out_dtype)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Weights, quantized with the reference's arithmetic (moejit.reference.int8: w8a8_scale_ref, w8a8_round_ref)
-# ---------------------------------------------------------------------------------------------------------------
-
-def quantize_weights_int8_w8a8(w: torch.Tensor, per_out_ch: bool = True,
-                               block_shape: tuple[int, int] | None = None):
-    """Quantize expert weights ``w [E, N_out, K]`` (bf16/fp16/fp32, CPU or CUDA) to int8 for
-    :func:`triton_moe_int8`.
-
-    Scales: per output channel ``[E, N_out]`` (``per_out_ch``), per ``bn × bk`` block ``[E, ceil(N_out/bn),
-    ceil(K/bk)]`` (``block_shape``, which wins), else per expert ``[E]``; each ``max(amax · fl(1/127), 1e-12)``,
-    ``w_q = rint(clamp(w / scale, ±127))``. Works one expert at a time (the float32 copy stays small). Returns
-    ``(w_q int8, scale float32)``. Raises :class:`MoejitInputError` on a bad shape or block.
-    """
-    if not isinstance(w, torch.Tensor) or w.dim() != 3 or not w.is_floating_point():
-        raise MoejitInputError(f"w must be a floating-point [E, N_out, K] tensor, got "
-                               f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
-    e, n, k = w.shape
-    if block_shape is not None:
-        try:
-            bn, bk = (int(v) for v in block_shape)
-        except (TypeError, ValueError):
-            raise MoejitInputError(f"block_shape must be a pair (block_n, block_k), got {block_shape!r}") from None
-        if bn < 1 or bk < 1:
-            raise MoejitInputError(f"block_shape {block_shape} must be positive")
-        nb, kb = -(-n // bn), -(-k // bk)
-        scale = torch.empty((e, nb, kb), dtype=torch.float32, device=w.device)
-    else:
-        scale = torch.empty((e, n) if per_out_ch else (e,), dtype=torch.float32, device=w.device)
-    w_q = torch.empty((e, n, k), dtype=INT8, device=w.device)
-    for i in range(e):
-        wf = w[i].float()
-        if block_shape is not None:
-            padded = torch.zeros((nb * bn, kb * bk), dtype=torch.float32, device=w.device)
-            padded[:n, :k] = wf
-            blocks = padded.reshape(nb, bn, kb, bk)
-            s = w8a8_scale_ref(blocks.abs().amax(dim=(1, 3)))
-            full = s.repeat_interleave(bn, dim=0).repeat_interleave(bk, dim=1)[:n, :k]
-        elif per_out_ch:
-            s = w8a8_scale_ref(wf.abs().amax(dim=-1))
-            full = s[:, None]
-        else:
-            s = w8a8_scale_ref(wf.abs().amax())
-            full = s
-        w_q[i] = w8a8_round_ref(wf / full)
-        scale[i] = s
-    return w_q, scale
-
-
-__all__ = ["quantize_weights_int8_w8a8", "triton_moe_int8"]
+__all__ = ["triton_moe_int8"]

@@ -14,6 +14,7 @@ from moejit.int8.weights import quantize_weights_int8
 from moejit.moe.int8_hybrid import cutlass_moe_int8_hybrid
 from moejit.moe.triton_fp8 import triton_moe_fp8
 from moejit.moe.triton_int8 import triton_moe_int8
+from moejit.moe.weights import quantize_weights_fp8, quantize_weights_int8_w8a8
 
 __all__ = ["moe_align_block_size", "moe_permute", "moe_problem_sizes", "moe_unpermute", "silu_and_mul"]
 __all__ += ["int8_grouped_mm", "int8_hybrid_grouped_mm"]
@@ -23,3 +24,4 @@ __all__ += ["cutlass_moe_int8_hybrid", "int8_hybrid_permute_quant", "int8_hybrid
             "quantize_weights_int8"]
 __all__ += ["triton_moe_fp8"]
 __all__ += ["triton_moe_int8"]
+__all__ += ["quantize_weights_fp8", "quantize_weights_int8_w8a8"]

@@ -78,8 +78,7 @@ def quantize_expert_variants(w1f, w2f, variants: Sequence[str]) -> dict:
     """Every requested layout of one expert's float weights ``w1f [1, 2N, K]``, ``w2f [1, K, N]``: name →
     ``(w1_q, w2_q, w1_scale, w2_scale)`` with a leading expert dimension of 1."""
     from moejit.int8.weights import quantize_weights_int8
-    from moejit.moe.triton_int8 import quantize_weights_int8_w8a8
-    from moejit.reference import quantize_weights_fp8_ref
+    from moejit.moe.weights import quantize_weights_fp8, quantize_weights_int8_w8a8
 
     out = {}
     for v in variants:
@@ -89,8 +88,8 @@ def quantize_expert_variants(w1f, w2f, variants: Sequence[str]) -> dict:
             (q1, s1), (q2, s2) = (quantize_weights_int8_w8a8(w1f, block_shape=BLOCK_SHAPE),
                                   quantize_weights_int8_w8a8(w2f, block_shape=BLOCK_SHAPE))
         elif v == FP8_CHANNEL:
-            (q1, s1), (q2, s2) = (quantize_weights_fp8_ref(w1f, per_out_ch=True),
-                                  quantize_weights_fp8_ref(w2f, per_out_ch=True))
+            (q1, s1), (q2, s2) = (quantize_weights_fp8(w1f, per_out_ch=True),
+                                  quantize_weights_fp8(w2f, per_out_ch=True))
         else:
             raise ValueError(f"unknown weight layout {v!r}")
         out[v] = (q1, q2, s1, s2)
