@@ -8,6 +8,8 @@
 #   MOEJIT_STEP_TIMEOUT       seconds per step (default 280)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# offline machine: the carried wheels (.whl) for what its python3 lacks (scripts/device_setup.sh)
+[ -d .whl ] && source scripts/device_setup.sh .whl
 DEST="${OUT:-$PWD/gpu_logs}"
 LOG="$(mktemp -d)/bench"
 mkdir -p "$DEST" "$LOG/logs"

@@ -15,6 +15,8 @@
 # every step succeeded.
 set -u
 cd "$(dirname "$0")/.."
+# offline machine: the carried wheels (.whl) for what its python3 lacks (scripts/device_setup.sh)
+[ -d .whl ] && source scripts/device_setup.sh .whl
 # With $OUT set, everything is written to a scratch folder and packed into $OUT/bench_int8.tar.gz at the end (the
 # device tool brings back at most 8 files); summary.log is copied beside it.
 LOG="${OUT:-$PWD/gpu_logs}/bench_int8"

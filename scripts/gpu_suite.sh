@@ -5,6 +5,8 @@
 #   MOEJIT_SUITE_BENCH   extra args for the smoke benchmark (default: a short mixtral sweep); "skip" to skip
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# offline machine: the carried wheels (.whl) for what its python3 lacks (scripts/device_setup.sh)
+[ -d .whl ] && source scripts/device_setup.sh .whl
 LOG="${OUT:-$PWD/gpu_logs}"
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1 MOEJIT_CACHE_DIR="${MOEJIT_CACHE_DIR:-/tmp/moejit-cache}"
