@@ -2,6 +2,8 @@
 (tests/test_triton_fp8_gpu.py, tests/test_triton_int8_gpu.py): the two layers share a pipeline, so their tests
 share the cases; each file passes its layer, quantizer, reference and quantization range."""
 
+import os
+
 import torch
 
 # (E, topk, K = hidden, N = intermediate per shard)
@@ -78,3 +80,72 @@ def run_layer(layer, reference, weights, q_max, name, mode, m, gen, dtype=torch.
     assert out.dtype == (out_dtype or dtype) and out.shape == (m, k)
     ref = reference(a, w1, w2, tw, ids, s1, s2, a1, a2, per_act_token=per_token, block_shape=block)
     return out, ref, (a, w1f, w2f, tw, ids)
+
+
+def check_cuda_graph(layer, reference, weights, mode, gen, name="qwen3.6-35b-a3b", m=200):
+    """Capture ``layer`` once, then replay it twice on new inputs and new routing (a different expert histogram)
+    written into the captured buffers, the output poisoned with NaN before each replay; each replay must match
+    ``reference`` within 1e-2."""
+    from moejit.reference import rel_error
+
+    e, topk, k, _ = SHAPES[name]
+    per_token, per_ch, block, _ = MODES[mode]
+    _, ((w1, s1), (w2, s2)) = weights(name, gen, per_ch, block)
+    a = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    tw, ids = routing(m, e, topk, gen)
+    kw = dict(per_act_token=per_token, per_out_ch=per_ch, block_shape=block)
+    layer(a, w1, w2, tw, ids, s1, s2, **kw)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer(a, w1, w2, tw, ids, s1, s2, **kw)
+    for _ in range(2):
+        a.copy_(torch.randn(m, k, device="cuda", generator=gen))
+        new_tw, new_ids = routing(m, e, topk, gen)
+        new_ids[:50, 0] = 7  # a different expert histogram than at capture time
+        tw.copy_(new_tw)
+        ids.copy_(new_ids)
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = reference(a, w1, w2, tw, ids, s1, s2, per_act_token=per_token, block_shape=block)
+        assert rel_error(out, ref) <= 1e-2
+
+
+def check_vs_references(out, ref, inputs, label, mode):
+    """The layer's output ``out`` within 1e-2 of ``ref`` (the exact-quantization reference) and, unless the
+    intermediate's static scale is a guess, within 0.08 of the unquantized float32 layer on ``inputs`` (as
+    :func:`run_layer` returns them). With ``$MOEJIT_ERR_LOG`` set, the errors are appended there (for the notes)."""
+    from moejit.reference import moe_ref, rel_error
+
+    a, w1f, w2f, tw, ids = inputs
+    err = rel_error(out, ref)
+    err_f = rel_error(out, moe_ref(a, w1f, w2f, tw, ids))
+    if os.environ.get("MOEJIT_ERR_LOG"):
+        with open(os.environ["MOEJIT_ERR_LOG"], "a") as f:
+            f.write(f"{label}: vs exact-quantization reference {err:.3g}, vs moe_ref {err_f:.3g}\n")
+    assert err <= 1e-2, f"vs the exact-quantization reference: {err:.4g}"
+    if mode != "static_tensor":  # a guessed static intermediate scale clips; the unquantized comparison is unfair
+        assert err_f <= 0.08, f"vs moe_ref: {err_f:.4g}"
+
+
+def check_hot_empty_dropped_topk1_fp16(run, gen, all_dropped_mode):
+    """With ``run(name, mode, m, gen, **kw)`` (a test file's :func:`run_layer` partial): all tokens on one expert
+    in one slot (a hot expert far larger than a block), most experts empty, dropped slots (-1), fp16 activations
+    with bf16 output; then topk=1; then every slot dropped (zeros, no NaN from unwritten rows)."""
+    from moejit.reference import rel_error
+
+    def skew(ids):
+        ids = ids.clone()
+        ids[:, 0] = 3
+        ids[::7, 1] = -1
+        return ids
+
+    for mode in ("token_channel", "tensor_tensor", "block128"):
+        out, ref, _ = run("qwen3.6-35b-a3b", mode, 300, gen, dtype=torch.float16, ids_override=skew,
+                          out_dtype=torch.bfloat16)
+        assert rel_error(out, ref) <= 1e-2, mode
+    out, ref, _ = run("mixtral-8x7b", "token_channel", 64, gen, topk=1)
+    assert rel_error(out, ref) <= 1e-2
+    out, ref, _ = run("mixtral-8x7b", all_dropped_mode, 16, gen, ids_override=lambda i: torch.full_like(i, -1))
+    assert out.abs().max().item() == 0
