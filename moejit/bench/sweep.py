@@ -67,8 +67,19 @@ class SweepOptions:
     rotate: bool = True  # rotate input copies when a configuration's weights would sit in L2
 
 
+class Record:
+    """A dataclass record that exports as one JSON/CSV row: its field names (the columns) and its values."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
-class CellResult:
+class CellResult(Record):
     """One cell's record (the JSON/CSV row, without the environment columns)."""
 
     model: str
@@ -100,13 +111,6 @@ class CellResult:
     input_sets: int = 1
     dtype: str = ""
     act_scales: str = ""
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def usable(self) -> bool:
@@ -499,7 +503,7 @@ class Sweep:
 
 __all__ = [
     "CellResult", "Config", "DEFAULT_BATCH_SIZES", "DEFAULT_OPTS", "DEFAULT_TOLERANCE", "DEFAULT_TP_SIZES",
-    "PlanRow", "STATUS_ERROR", "STATUS_NA", "STATUS_OK", "STATUS_OOM", "Sweep", "SweepOptions", "activation_bytes",
-    "calibrate_static_scales", "describe_cell", "input_sets", "is_oom", "make_configs", "make_fp8_weights",
+    "PlanRow", "Record", "STATUS_ERROR", "STATUS_NA", "STATUS_OK", "STATUS_OOM", "Sweep", "SweepOptions",
+    "activation_bytes", "calibrate_static_scales", "describe_cell", "input_sets", "is_oom", "make_configs", "make_fp8_weights",
     "make_routing", "plan_rows", "weight_bytes",
 ]

@@ -15,13 +15,13 @@ base sweep's.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from moejit.bench.backends import LayerInputs, QuantOpts
 from moejit.bench.int8.backends import FLOAT, FP8_CHANNEL, INT8_BLOCK, INT8_CHANNEL, Int8Params, BLOCK_SHAPE
-from moejit.bench.sweep import (STATUS_ERROR, STATUS_NA, STATUS_OK, STATUS_OOM, CellResult, Config, Sweep,
-                                SweepOptions, _short, input_sets, is_oom, make_routing, torch_dtype)
+from moejit.bench.sweep import (STATUS_ERROR, STATUS_NA, STATUS_OK, STATUS_OOM, CellResult, Config, Record,
+                                Sweep, SweepOptions, _short, input_sets, is_oom, make_routing, torch_dtype)
 
 # The flag on the error column: relative error vs the *unquantized* float32 layer above which a cell is marked.
 # Correct INT8/FP8 layers sit at 1-5% here (dynamic per-tensor INT8 of the SwiGLU intermediate is the worst,
@@ -39,7 +39,7 @@ class Int8Inputs(LayerInputs):
 
 
 @dataclass
-class StageResult:
+class StageResult(Record):
     """One stage of the hybrid runner at one (shape, batch size): the JSON/CSV stage record."""
 
     model: str
@@ -62,13 +62,6 @@ class StageResult:
     mean_us: float | None = None
     share_pct: float | None = None
     method: str = ""
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 TOTAL_STAGE = "total"
