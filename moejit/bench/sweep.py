@@ -504,6 +504,6 @@ class Sweep:
 __all__ = [
     "CellResult", "Config", "DEFAULT_BATCH_SIZES", "DEFAULT_OPTS", "DEFAULT_TOLERANCE", "DEFAULT_TP_SIZES",
     "PlanRow", "Record", "STATUS_ERROR", "STATUS_NA", "STATUS_OK", "STATUS_OOM", "Sweep", "SweepOptions",
-    "activation_bytes", "calibrate_static_scales", "describe_cell", "input_sets", "is_oom", "make_configs", "make_fp8_weights",
-    "make_routing", "plan_rows", "weight_bytes",
+    "activation_bytes", "calibrate_static_scales", "describe_cell", "input_sets", "is_oom", "make_configs",
+    "make_fp8_weights", "make_routing", "plan_rows", "weight_bytes",
 ]
