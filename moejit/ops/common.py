@@ -14,8 +14,8 @@ _WEIGHT_TYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @registry.define("silu_and_mul", module="common")
-def _silu_and_mul_fake(x):
-    return x.new_empty((x.shape[0], x.shape[1] // 2))
+def _silu_and_mul_fake(input):  # noqa: A002 - the schema's argument name
+    return input.new_empty((input.shape[0], input.shape[1] // 2))
 
 
 @registry.define("moe_permute", module="common")
