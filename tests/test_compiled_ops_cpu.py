@@ -8,7 +8,8 @@ the fake implementations of :mod:`moejit.registry`. That checks, on the CPU:
 - the CUTLASS FP8 layer runs from end to end on fake CUDA tensors in every scale mode: every step goes through a
   registered op or a shape-only torch op, and nothing reads device data on the host (a ``.item()``, a
   data-dependent shape or a ``bool()`` of a device tensor raises under ``FakeTensorMode``), which is what CUDA-graph
-  capture needs. The id range check is switched off as it is during capture (``MOEJIT_CHECK_IDS=0``).
+  capture needs. The id range check is switched off as it is during capture (``MOEJIT_CHECK_IDS=0``). The INT8
+  hybrid runner's glue likewise, with its Triton quantizers replaced by their output contract.
 
 Needs built libraries in the moejit cache (``moejit build --arch 90a``; .ci/run builds before it tests) and a
 CUDA build of torch; skipped otherwise, with the reason.
@@ -173,3 +174,48 @@ def test_op_wrapper_runs_on_fake_tensors(libraries, name):
     got = [(tuple(t.shape), t.dtype) for t in outs]
     assert got == [(shape, dtype) for shape, dtype in want]
     assert all(t.device.type == "cuda" for t in outs)
+
+
+def _hybrid_quant_contract(t, k, block_size, super_group_size, q_max, device):
+    """Empty outputs of the Triton Q/F quantizers' contract: ``(xq int8 [T, K], Q int32 [T, K/B], F float32
+    [T, G])`` (moejit.int8.format.scale_shapes gives the two scale shapes)."""
+    from moejit.int8.format import scale_shapes
+
+    q_shape, f_shape = scale_shapes(t, k, block_size, super_group_size, q_max)
+    return (torch.empty((t, k), dtype=torch.int8, device=device),
+            torch.empty(q_shape, dtype=torch.int32, device=device),
+            torch.empty(f_shape, dtype=torch.float32, device=device))
+
+
+@pytest.mark.parametrize("fused_silu_quant", [True, False])
+@pytest.mark.parametrize("fused_permute_quant", [True, False])
+def test_int8_hybrid_runner_traces_without_reading_the_device(libraries, monkeypatch, fused_silu_quant,
+                                                              fused_permute_quant):
+    """The hybrid runner's glue (stages, scale shapes, the split super group) on fake CUDA tensors, its Triton
+    quantizers replaced by their output contract (Triton cannot launch on fake tensors; their values are tested
+    under the interpreter and on the GPU). K spans 130 blocks: two super groups of at most 65."""
+    for module in ("common", "sm80_int8"):
+        if module not in libraries:
+            pytest.skip(f"{module} is not built")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import moejit.int8.quant as quant
+    import moejit.ops as ops
+
+    monkeypatch.setenv("MOEJIT_CHECK_IDS", "0")
+    monkeypatch.setattr(quant, "int8_hybrid_quant", lambda x, b, s, qm: _hybrid_quant_contract(
+        x.shape[0], x.shape[1], b, s, qm, x.device))
+    monkeypatch.setattr(quant, "int8_hybrid_silu_quant", lambda x, b, s, qm: _hybrid_quant_contract(
+        x.shape[0], x.shape[1] // 2, b, s, qm, x.device))
+    monkeypatch.setattr(quant, "int8_hybrid_permute_quant", lambda h, idx, topk, b, s, qm: _hybrid_quant_contract(
+        idx.shape[0], h.shape[1], b, s, qm, h.device))
+    m, k, n, e, topk = 37, 130 * 128, 384, 8, 2
+    with FakeTensorMode():
+        cuda = dict(device="cuda")
+        hidden = torch.empty(m, k, dtype=torch.float16, **cuda)
+        w13 = torch.empty(e, 2 * n, k, dtype=torch.int8, **cuda)
+        w2 = torch.empty(e, k, n, dtype=torch.int8, **cuda)
+        out = ops.cutlass_moe_int8_hybrid(hidden, w13, w2, torch.empty(e, 2 * n, **cuda), torch.empty(e, k, **cuda),
+                                          torch.empty(m, topk, **cuda), torch.empty(m, topk, dtype=torch.int32, **cuda),
+                                          fused_silu_quant=fused_silu_quant, fused_permute_quant=fused_permute_quant)
+        assert out.shape == (m, k) and out.dtype == torch.float16 and out.device.type == "cuda"
