@@ -147,7 +147,7 @@ def test_tune_space_is_pruned(m, e, topk):
     for c in tiles + tune.refine_candidates(tiles[0]):
         configs.validate_config(c)
         assert tune.smem_bytes(c) <= tune.SMEM_LIMIT
-    assert len(tune.refine_candidates(tiles[0])) <= 8
+    assert len(tune.refine_candidates(tiles[0])) <= 9
     rows = m * topk / e
     assert all(c["BLOCK_SIZE_M"] <= max(16, 2 * rows) for c in tiles)
     block = tune.tile_candidates(m, e, topk, (128, 64))
@@ -179,8 +179,43 @@ def test_write_table_roundtrip(tmp_path):
 
     cfg = configs.heuristic_config(64, 8, 1024, 2048, 2)
     path = tmp_path / "t.json"
-    write_table({64: cfg, 1: cfg}, path, {"device": "x"})
+    write_table({64: cfg, 1: cfg}, path, {"device": "x"}, {1: 1.25, 64: None})
     assert configs.parse_table(path.read_text()) == {1: cfg, 64: cfg}
+    assert json.loads(path.read_text())["_heuristic"] == {"1": 1.25, "64": None}
+
+
+@pytest.mark.parametrize("heuristic_runs", [True, False])
+def test_tune_shape_picks_the_fastest_and_always_times_the_heuristic(heuristic_runs):
+    """tune_shape's search with a synthetic cost model in place of the GPU timer: the table holds the cheapest
+    config that ran, the heuristic's config is timed at every M whether or not the search space holds it, and its
+    ratio to the best is reported (None when it failed to run)."""
+    from moejit.triton import tune
+
+    e, topk, k, n = 8, 2, 1024, 512
+    timed = []
+
+    def cost(inputs, mode_args, cfg, iters):  # favours big N tiles and 256-deep K; 8 warps fail
+        timed.append((inputs, cfg))
+        is_heuristic = cfg == configs.heuristic_config(inputs, e, n, k, topk)
+        if cfg["num_warps"] == 8 or (is_heuristic and not heuristic_runs):
+            return None
+        return 100.0 + 5000.0 / cfg["BLOCK_SIZE_N"] + 4000.0 / cfg["BLOCK_SIZE_K"] + cfg["num_stages"]
+
+    lines = []
+    table, ratios = tune.tune_shape(e, topk, k, n, [1, 512], "token_channel", None, 3, log=lines.append,
+                                    timer=cost, make_inputs=lambda m, prev: m)
+    assert sorted(table) == [1, 512] and len(lines) == 2
+    for m in (1, 512):
+        heuristic = configs.heuristic_config(m, e, n, k, topk)
+        tried = [c for inputs, c in timed if inputs == m]
+        assert heuristic in tried and len(tried) == len({json.dumps(c, sort_keys=True) for c in tried})
+        ran = [(cost(m, None, c, 0), c) for c in tried]
+        best_us = min(us for us, _ in ran if us is not None)
+        assert cost(m, None, table[m], 0) == best_us and table[m]["num_warps"] == 4
+        if heuristic_runs:
+            assert ratios[m] == round(cost(m, None, heuristic, 0) / best_us, 3) and ratios[m] >= 1
+        else:
+            assert ratios[m] is None and "did not run" in lines[[1, 512].index(m)]
 
 
 def test_cuda_alignment_contract_on_cpu(monkeypatch):

@@ -7,7 +7,11 @@ For every model × TP size × quantization mode, and every batch size M, the who
 1. tiles: BLOCK_SIZE_M from the expected rows per expert (``M·topk/E``; at most three sizes), BLOCK_SIZE_N
    ∈ {64, 128, 256}, with warps/stages chosen for the tile;
 2. around the best tile, one parameter at a time: num_warps ∈ {4, 8}, num_stages ∈ {3, 4, 5}, GROUP_SIZE_M
-   ∈ {1, 16}, BLOCK_SIZE_K ∈ {64, 128}.
+   ∈ {1, 16}, BLOCK_SIZE_K ∈ {64, 128, 256}.
+
+The shape heuristic's own config (:func:`moejit.triton.configs.heuristic_config`, what the layer runs without a
+table) is always timed too, so every table records how far the fallback is from the best (``_heuristic``: M →
+heuristic µs / best µs), and the log prints it.
 
 That is ~20 configs per M (each a Triton compile of two GEMM variants plus a short timing), so a model's default
 batch sizes tune in minutes. Configs that fail to compile or run (shared memory, registers) are skipped. The table
@@ -70,7 +74,7 @@ def refine_candidates(best: dict, block_shape=None) -> list[dict]:
     """Round 2: one parameter at a time around the best tile."""
     out = []
     for key, values in (("num_warps", (4, 8)), ("num_stages", (3, 4, 5)), ("GROUP_SIZE_M", (1, 16)),
-                        ("BLOCK_SIZE_K", (64, 128))):
+                        ("BLOCK_SIZE_K", (64, 128, 256))):
         for v in values:
             c = dict(best, **{key: v})
             if key == "BLOCK_SIZE_K" and block_shape is not None and block_shape[1] % v:
@@ -129,46 +133,67 @@ def time_config(inputs, mode_args, cfg, iters: int) -> float | None:
         return None
 
 
-def tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress=None, task=None, log=print) -> dict:
-    """Best config per batch size for one layer shape; returns ``{M: config}``."""
-    import torch
-
+def tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress=None, task=None, log=print,
+               timer=None, make_inputs=None) -> tuple[dict, dict]:
+    """Best config per batch size for one layer shape. Returns ``({M: config}, {M: heuristic µs / best µs})``
+    (the ratio is None where the heuristic's config did not run). ``timer(inputs, mode_args, cfg, iters)`` and
+    ``make_inputs(m, previous)`` default to the GPU ones (:func:`time_config`, random FP8/INT8 layer inputs)."""
     mode_args = _mode_args(mode)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    table = {}
+    timer = timer or time_config
+    if make_inputs is None:
+        make_inputs = _gpu_inputs(e, topk, k, n, mode_args, q_dtype)
+    table, ratios = {}, {}
     inputs = None
     for m in batch_sizes:
-        if inputs is None:
-            inputs = _make_inputs(e, topk, k, n, m, mode_args[1], mode_args[2], q_dtype, gen)
-        else:  # keep the weights, new activations and routing for this M
-            a = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
-            tw, ids = torch.topk(torch.softmax(torch.randn(m, e, device="cuda", generator=gen), -1), topk, dim=-1)
-            inputs = (a, inputs[1], inputs[2], tw, ids.to(torch.int32), inputs[5], inputs[6])
-        results = []
-        for cands in (tile_candidates(m, e, topk, mode_args[2]), None):
-            if cands is None:
-                if not results:
-                    break
-                cands = refine_candidates(min(results, key=lambda r: r[0])[1], mode_args[2])
+        inputs = make_inputs(m, inputs)
+        timed: list[tuple[float | None, dict]] = []
+
+        def run(cands):
             for cfg in cands:
-                us = time_config(inputs, mode_args, cfg, iters)
-                if us is not None:
-                    results.append((us, cfg))
+                if any(c == cfg for _, c in timed):
+                    continue
+                timed.append((timer(inputs, mode_args, cfg, iters), cfg))
                 if progress is not None:
                     progress.advance(task)
-        if not results:
-            raise click.ClickException(f"no config ran for M={m}, E={e}, N={n}, K={k}")
-        us, best = min(results, key=lambda r: r[0])
+
         heuristic = cfgs.heuristic_config(m, e, n, k, topk, mode_args[2])
-        h_us = next((u for u, c in results if c == heuristic), None)
-        log(f"M={m}: best {us:.1f} us {best}" + (f" (heuristic {h_us:.1f} us)" if h_us else ""))
+        run(tile_candidates(m, e, topk, mode_args[2]) + [heuristic])
+        ran = [(us, c) for us, c in timed if us is not None]
+        if ran:
+            run(refine_candidates(min(ran, key=lambda r: r[0])[1], mode_args[2]))
+        ran = [(us, c) for us, c in timed if us is not None]
+        if not ran:
+            raise click.ClickException(f"no config ran for M={m}, E={e}, N={n}, K={k}")
+        us, best = min(ran, key=lambda r: r[0])
+        h_us = next((u for u, c in timed if c == heuristic), None)
+        ratios[m] = None if h_us is None else round(h_us / us, 3)
+        log(f"M={m}: best {us:.1f} us {best}; heuristic "
+            + (f"{h_us:.1f} us ({h_us / us:.2f}x the best)" if h_us is not None else "did not run"))
         table[m] = best
-    return table
+    return table, ratios
 
 
-def write_table(table: dict, path: Path, meta: dict) -> None:
+def _gpu_inputs(e, topk, k, n, mode_args, q_dtype):
+    """``make_inputs(m, previous)`` for :func:`tune_shape`: weights made once, new activations and routing per M."""
+    import torch
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def make(m, previous):
+        if previous is None:
+            return _make_inputs(e, topk, k, n, m, mode_args[1], mode_args[2], q_dtype, gen)
+        a = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+        tw, ids = torch.topk(torch.softmax(torch.randn(m, e, device="cuda", generator=gen), -1), topk, dim=-1)
+        return (a, previous[1], previous[2], tw, ids.to(torch.int32), previous[5], previous[6])
+
+    return make
+
+
+def write_table(table: dict, path: Path, meta: dict, heuristic_ratios: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"_meta": meta, **{str(m): c for m, c in sorted(table.items())}}
+    if heuristic_ratios:
+        body["_heuristic"] = {str(m): r for m, r in sorted(heuristic_ratios.items())}
     path.write_text(json.dumps(body, indent=1) + "\n")
 
 
@@ -225,9 +250,9 @@ def tune(models, tp_sizes, batch_sizes, shapes, quant_modes, qdtype, iters, outp
         for label, e, topk, k, n in todo:
             for mode in quant_modes:
                 mode_args = _mode_args(mode)
-                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 8 for m in batch_sizes)
+                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 10 for m in batch_sizes)
                 task = progress.add_task(f"{label} {mode}", total=total)
-                table = tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress, task,
+                table, ratios = tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress, task,
                                    log=progress.console.print)
                 progress.update(task, completed=total)
                 name = cfgs.config_file_name(e, n, k, topk, device, dtype_name, mode)
@@ -235,7 +260,7 @@ def tune(models, tp_sizes, batch_sizes, shapes, quant_modes, qdtype, iters, outp
                             quant=mode, tool="moejit tune")
                 paths = [cfgs.user_config_dir() / name] + ([output / name] if output else [])
                 for path in paths:
-                    write_table(table, path, meta)
+                    write_table(table, path, meta, ratios)
                     progress.console.print(f"wrote {path}")
     cfgs.load_table.cache_clear()
 
