@@ -203,8 +203,10 @@ def test_switch_rejects_garbage(clean_env):
 
 def test_accuracy_ordering_small(seeded):
     """The issue's accuracy claims on a small CPU shape (docs/int8.md has the full table): hybrid beats per-tensor
-    and per-token INT8 on plain and outlier inputs, and is within 5% of float per-block scales on plain inputs."""
-    m, k, n, e, topk = 32, 1024, 256, 4, 2
+    and per-token INT8 on plain and outlier inputs, and is within 5% of float per-block scales on plain inputs.
+    M = 128 keeps the seed-to-seed spread of the per-block ratio well inside 5% (measured over 60 seeds: mean 1.013,
+    max 1.030; at M = 32 the max over 120 seeds was 1.049)."""
+    m, k, n, e, topk = 128, 1024, 256, 4, 2
     a = torch.randn(m, k, generator=seeded).bfloat16()
     w13 = (torch.randn(e, 2 * n, k, generator=seeded) / k ** 0.5).bfloat16()
     w2 = (torch.randn(e, k, n, generator=seeded) / n ** 0.5).bfloat16()
