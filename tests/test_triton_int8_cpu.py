@@ -138,7 +138,10 @@ def test_reference_agrees_with_the_other_int8_references(seeded, mode):
         tw0[:, 1] = 0
         kw = dict(per_act_token=mode == "token_channel", block_shape=block)
         dropped = moe_int8_w8a8_ref(a, q1, q2, tw, ids2, s1, s2, **kw)
-        assert rel_error(dropped, moe_int8_w8a8_ref(a, q1, q2, tw0, ids, s1, s2, **kw)) < 1e-6
+        # equal but for float32 summation order (the CPU matmuls block by row count, and the two calls route
+        # different row counts to each expert), which can flip one int8 rounding of the intermediate: one step,
+        # 1/127 of a group's amax (seen: 4.1e-4 once in ~100 runs); a dropped slot that counted would be O(0.3)
+        assert rel_error(dropped, moe_int8_w8a8_ref(a, q1, q2, tw0, ids, s1, s2, **kw)) < 2e-3
 
 
 @pytest.mark.skipif(INTERP or os.environ.get("MOEJIT_SKIP_INTERPRETER") == "1",
