@@ -26,16 +26,13 @@ def _check_args(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_sc
     # imported here: moejit.moe.checks pulls in moejit.ops, whose __init__ imports this module
     import moejit.ops  # noqa: F401  (completes the package first, whichever module was imported first)
     from moejit.moe.checks import check_quantized_moe
+    from moejit.ops._validate import block_pair
 
     if block_shape is not None:
-        try:
-            bn, bk = (int(v) for v in block_shape)
-        except (TypeError, ValueError):
-            raise MoejitInputError(f"block_shape must be a pair (block_n, block_k), got {block_shape!r}") from None
-        block_shape = (bn, bk)
-        if bn < 1 or bk < 32 or bk & (bk - 1):
+        bn, bk = block_shape = block_pair(block_shape)
+        if bk < 32 or bk & (bk - 1):
             # 32: the K step of the kernel equals block_k at most, and an 8-bit tl.dot needs K >= 32
-            raise MoejitInputError(f"block_shape {block_shape}: block_k must be a power of two >= 32, block_n >= 1")
+            raise MoejitInputError(f"block_shape {block_shape}: block_k must be a power of two >= 32")
     shape, out_dtype = check_quantized_moe(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale,
                                            a2_scale, per_act_token=per_act_token, per_out_ch=per_out_ch,
                                            activation=activation, out_dtype=out_dtype, weight_dtype=q_dtype,

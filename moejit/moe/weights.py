@@ -11,7 +11,9 @@ which wins) — and differ only in the element type, the scale rule and the roun
   1e-12)``, ``w_q = rint(clamp(w / scale, ±127))`` — the Triton quantizer's arithmetic
   (:func:`moejit.reference.int8.w8a8_scale_ref`, :func:`~moejit.reference.int8.w8a8_round_ref`).
 
-The INT8 *hybrid* layer takes per-channel weights with its own rounding rule: :func:`moejit.ops.quantize_weights_int8`.
+- INT8 per channel for the *hybrid* layer (:func:`quantize_weights_int8`): ``scale = max(amax / 127, 1e-12)``
+  (IEEE division), ``w_q = clamp(round(w / scale), ±127)`` rounding half away from zero, the rule of its
+  activation quantizers (:func:`moejit.reference.int8.quantize_weights_int8_ref` is the reference).
 
 Work goes one expert at a time, so the float32 working copy is one expert, never the whole ``[E, N_out, K]``
 tensor: a bf16 checkpoint the size of the GPU's memory can be quantized on it expert by expert.
@@ -25,19 +27,9 @@ import torch
 
 from moejit.errors import MoejitInputError
 from moejit.reference.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE
-from moejit.reference.int8 import w8a8_round_ref, w8a8_scale_ref
+from moejit.reference.int8 import INT8_MAX, _div, _to_int8, w8a8_round_ref, w8a8_scale_ref
 
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-def _block_pair(block_shape) -> tuple[int, int]:
-    try:
-        bn, bk = (int(v) for v in block_shape)
-    except (TypeError, ValueError):
-        raise MoejitInputError(f"block_shape must be a pair (block_n, block_k), got {block_shape!r}") from None
-    if bn < 1 or bk < 1:
-        raise MoejitInputError(f"block_shape {tuple(block_shape)} must be positive")
-    return bn, bk
 
 
 def _quantize_experts(w: torch.Tensor, per_out_ch: bool, block_shape, qdtype: torch.dtype,
@@ -45,16 +37,18 @@ def _quantize_experts(w: torch.Tensor, per_out_ch: bool, block_shape, qdtype: to
                       cast: Callable[[torch.Tensor], torch.Tensor]):
     """The loop both formats share: per expert, the amax of each scale group → ``scale_of(amax)`` → ``cast(w /
     scale)`` (the scale broadcast back over its group, so each element is divided by exactly its own scale)."""
+    from moejit.ops._validate import block_pair  # lazily: moejit.ops re-exports this module
+
     if not isinstance(w, torch.Tensor):
         raise MoejitInputError(f"w must be a torch.Tensor [E, N_out, K], got {type(w).__name__}")
     if w.dim() != 3 or w.dtype not in FLOAT_DTYPES:
-        raise MoejitInputError(f"w must be a bf16/fp16/fp32 [E, N_out, K] tensor, got {w.dtype} "
+        raise MoejitInputError(f"w must be a 3-D bf16/fp16/fp32 [E, N_out, K] tensor, got {w.dtype} "
                                f"{tuple(w.shape)}")
     e, n, k = w.shape
     if n == 0 or k == 0:
         raise MoejitInputError(f"w must have non-empty [N_out, K] per expert, got shape {tuple(w.shape)}")
     if block_shape is not None:
-        bn, bk = _block_pair(block_shape)
+        bn, bk = block_pair(block_shape)
         nb, kb = -(-n // bn), -(-k // bk)
         scale = torch.empty((e, nb, kb), dtype=torch.float32, device=w.device)
     else:
@@ -126,4 +120,20 @@ def quantize_weights_int8_w8a8(w: torch.Tensor, per_out_ch: bool = True,
     return _quantize_experts(w, per_out_ch, block_shape, torch.int8, w8a8_scale_ref, w8a8_round_ref)
 
 
-__all__ = ["quantize_weights_fp8", "quantize_weights_int8_w8a8"]
+def _int8_channel_scale(amax: torch.Tensor) -> torch.Tensor:
+    return _div(amax, INT8_MAX).clamp(min=MIN_SCALE)
+
+
+def quantize_weights_int8(w: torch.Tensor):
+    """Quantize expert weights ``w [E, N, K]`` (bf16/fp16/fp32, CPU or CUDA) per output channel for
+    :func:`moejit.ops.cutlass_moe_int8_hybrid`.
+
+    Returns ``(w_q int8 [E, N, K], scale float32 [E, N])`` with ``scale = max(amax over K / 127, 1e-12)`` and
+    ``w_q = clamp(round(w / scale), -127, 127)``, rounding half away from zero (the same rule as the activation
+    quantizers; :func:`moejit.reference.int8.quantize_weights_int8_ref` is the reference). One expert at a time.
+    Raises :class:`~moejit.errors.MoejitInputError` on a bad tensor.
+    """
+    return _quantize_experts(w, True, None, torch.int8, _int8_channel_scale, _to_int8)
+
+
+__all__ = ["quantize_weights_fp8", "quantize_weights_int8", "quantize_weights_int8_w8a8"]

@@ -34,3 +34,14 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise MoejitInputError(f"all tensors must be on the same device: {listed}")
+
+
+def block_pair(block_shape) -> tuple[int, int]:
+    """``block_shape`` as a pair of positive ints ``(block_n, block_k)``."""
+    try:
+        bn, bk = (int(v) for v in block_shape)
+    except (TypeError, ValueError):
+        raise MoejitInputError(f"block_shape must be a pair (block_n, block_k), got {block_shape!r}") from None
+    if bn < 1 or bk < 1:
+        raise MoejitInputError(f"block_shape {(bn, bk)} must be positive")
+    return bn, bk

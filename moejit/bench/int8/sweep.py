@@ -70,8 +70,7 @@ TOTAL_STAGE = "total"
 def quantize_expert_variants(w1f, w2f, variants: Sequence[str]) -> dict:
     """Every requested layout of one expert's float weights ``w1f [1, 2N, K]``, ``w2f [1, K, N]``: name →
     ``(w1_q, w2_q, w1_scale, w2_scale)`` with a leading expert dimension of 1."""
-    from moejit.int8.weights import quantize_weights_int8
-    from moejit.moe.weights import quantize_weights_fp8, quantize_weights_int8_w8a8
+    from moejit.moe.weights import quantize_weights_fp8, quantize_weights_int8, quantize_weights_int8_w8a8
 
     out = {}
     for v in variants:
