@@ -35,7 +35,7 @@ FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 def _quantize_experts(w: torch.Tensor, per_out_ch: bool, block_shape, qdtype: torch.dtype,
                       scale_of: Callable[[torch.Tensor], torch.Tensor],
                       cast: Callable[[torch.Tensor], torch.Tensor]):
-    """The loop both formats share: per expert, the amax of each scale group → ``scale_of(amax)`` → ``cast(w /
+    """The loop every format shares: per expert, the amax of each scale group → ``scale_of(amax)`` → ``cast(w /
     scale)`` (the scale broadcast back over its group, so each element is divided by exactly its own scale)."""
     from moejit.ops._validate import block_pair  # lazily: moejit.ops re-exports this module
 
@@ -73,8 +73,7 @@ def _quantize_experts(w: torch.Tensor, per_out_ch: bool, block_shape, qdtype: to
 
 
 def _fp8_scale(amax: torch.Tensor) -> torch.Tensor:
-    # a tensor divisor: CUDA turns a division by a Python scalar into a multiplication by its reciprocal
-    return (amax / torch.full_like(amax, FP8_MAX)).clamp(min=MIN_SCALE)
+    return _div(amax, FP8_MAX).clamp(min=MIN_SCALE)  # an IEEE division on every device
 
 
 def _fp8_cast(v: torch.Tensor) -> torch.Tensor:
