@@ -6,7 +6,8 @@
 namespace moejit {
 namespace {
 
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
+// accurate expf, as the fused SiLU·mul + FP8 quantization (fp8_quant.cu) and the reference: the two pipelines agree
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
 // One block per row. kVec elements per thread per step; kVec > 1 uses 16-byte loads and stores.
 template <typename T, int kVec>

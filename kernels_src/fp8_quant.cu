@@ -124,10 +124,10 @@ __device__ void quantize_row(const RowReader<T, R, kGated>& rd, __nv_fp8_e4m3* q
     for (int64_t c = threadIdx.x * 8; c < rd.cols; c += blockDim.x * 8) {
       float v[8];
       rd.at8(c, v);
-      __nv_fp8_e4m3 o[8];
+      union { __nv_fp8_e4m3 f[8]; uint2 u; } o;  // 8-byte aligned: __nv_fp8_e4m3 alone is 1-byte aligned
 #pragma unroll
-      for (int i = 0; i < 8; ++i) o[i] = to_fp8(v[i], s);
-      *reinterpret_cast<uint2*>(q + c) = *reinterpret_cast<const uint2*>(o);
+      for (int i = 0; i < 8; ++i) o.f[i] = to_fp8(v[i], s);
+      *reinterpret_cast<uint2*>(q + c) = o.u;
     }
   } else {
     for (int64_t c = threadIdx.x; c < rd.cols; c += blockDim.x) q[c] = to_fp8(rd.at(c), s);

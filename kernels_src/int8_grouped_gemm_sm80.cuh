@@ -109,7 +109,8 @@ struct Mainloop {
   template <int kChunk, int kCopies, class GlobalIt, class SmemIt>
   CUTLASS_DEVICE static void copy_chunk(GlobalIt& global, SmemIt& smem, int chunk) {
     using Access = typename GlobalIt::AccessType;
-    constexpr int kBytes = static_cast<int>(sizeof(Access)) / GlobalIt::kAccessesPerVector;
+    constexpr int kBytes = static_cast<int>(sizeof(Access));  // one access per vector (asserted below)
+    static_assert(kBytes == 16 && GlobalIt::kAccessesPerVector == 1, "cp.async.cg copies 16-byte accesses");
     global.set_iteration_index(chunk * kChunk * GlobalIt::kAccessesPerVector);
     smem.set_iteration_index(chunk * kChunk);
     CUTLASS_PRAGMA_UNROLL

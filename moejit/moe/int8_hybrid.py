@@ -106,9 +106,10 @@ def cutlass_moe_int8_hybrid(hidden: torch.Tensor, w13_q: torch.Tensor, w2_q: tor
 
     Args:
         hidden: ``[M, K]`` bf16/fp16 activations.
-        w13_q: ``[E, 2N, K]`` int8 (gate ‖ up); ``w13_scale``: float32 ``[E, 2N]`` (see
-            :func:`moejit.ops.quantize_weights_int8`).
-        w2_q: ``[E, K, N]`` int8; ``w2_scale``: float32 ``[E, K]``.
+        w13_q: ``[E, 2N, K]`` int8 in [-127, 127] (gate ‖ up); ``w13_scale``: float32 ``[E, 2N]`` (see
+            :func:`moejit.ops.quantize_weights_int8`). Symmetric weights only: the int32 overflow bound assumes
+            |w| ≤ 127, and -128 is not checked (it would cost a pass over the weights every call).
+        w2_q: ``[E, K, N]`` int8 in [-127, 127]; ``w2_scale``: float32 ``[E, K]``.
         topk_weights, topk_ids: ``[M, topk]`` routing; ids outside ``[0, E)`` (e.g. -1) are dropped slots.
         block_size, super_group_size, q_max: the Q/F format (B, requested S, q_max); K and N must be multiples
             of B. A super group longer than the overflow-safe length is split (module docstring).
