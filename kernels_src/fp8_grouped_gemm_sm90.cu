@@ -70,7 +70,9 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
   const int64_t rows = a.size(0), k = a.size(1), e = b.size(0), n = b.size(1);
   MOEJIT_CHECK(b.size(2) == k, op, ": b is [E, N, K] = ", b.sizes(), " but a has K = ", k);
   MOEJIT_CHECK(expert_offsets.dim() == 1 && expert_offsets.size(0) == e + 1, op, ": expert_offsets must be [E + 1]");
-  MOEJIT_CHECK(n % 16 == 0 && k % 16 == 0, op, ": N (", n, ") and K (", k, ") must be multiples of 16");
+  // K = 0 would run no MMA and store uninitialized accumulators
+  MOEJIT_CHECK(n > 0 && k > 0 && n % 16 == 0 && k % 16 == 0, op, ": N (", n, ") and K (", k,
+               ") must be positive multiples of 16");
   MOEJIT_CHECK(e >= 1 && e < (int64_t{1} << 20), op, ": bad number of experts ", e);
   MOEJIT_CHECK(rows < (int64_t{1} << 31) && n < (int64_t{1} << 31) && k < (int64_t{1} << 31), op,
                ": sizes must fit in int32");

@@ -295,7 +295,8 @@ const char* run_grouped_gemm(const GroupedGemmParams& p) {
       g, p.expert_offsets, static_cast<const typename G::ElementAB*>(p.a),
       static_cast<const typename G::ElementAB*>(p.b), static_cast<typename G::ElementD*>(p.out), p.a_scale,
       p.b_scale, p.a_per_row, p.b_per_col, p.num_experts, p.rows, p.n, p.k);
-  if (cudaPeekAtLastError() != cudaSuccess) return "cutlass_fp8_grouped_mm: setup kernel launch failed";
+  // a failed launch: stop here; the caller's launch check (launch() in the .cu) raises with CUDA's own message
+  if (cudaPeekAtLastError() != cudaSuccess) return nullptr;
 
   auto args = make_arguments<G>(g, p);
   typename G::Gemm gemm;

@@ -176,6 +176,26 @@ def test_op_wrapper_runs_on_fake_tensors(libraries, name):
     assert all(t.device.type == "cuda" for t in outs)
 
 
+@pytest.mark.parametrize("n, k", [(N, 0), (0, K)])
+def test_grouped_mm_wrappers_reject_empty_gemm_dimensions(libraries, n, k):
+    """K = 0 would leave the accumulators of a CUTLASS GEMM unwritten and N = 0 is no GEMM: a Python error."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import moejit.ops as ops
+    from moejit.errors import MoejitInputError
+
+    if "sm90_fp8" not in libraries or "sm80_int8" not in libraries:
+        pytest.skip("sm90_fp8 and sm80_int8 must be built")
+    with FakeTensorMode():
+        offsets = _fake_cuda(E + 1, dtype=torch.int32)
+        with pytest.raises(MoejitInputError, match="positive multiple of 16"):
+            ops.cutlass_fp8_grouped_mm(_fake_cuda(M, k, dtype=FP8), _fake_cuda(E, n, k, dtype=FP8), offsets,
+                                       _fake_cuda(M), _fake_cuda(E, n))
+        with pytest.raises(MoejitInputError, match="non-empty"):
+            ops.int8_grouped_mm(_fake_cuda(M, k, dtype=torch.int8), _fake_cuda(M), _fake_cuda(E, n, k, dtype=torch.int8),
+                                _fake_cuda(E, n), offsets)
+
+
 def _hybrid_quant_contract(t, k, block_size, super_group_size, q_max, device):
     """Empty outputs of the Triton Q/F quantizers' contract: ``(xq int8 [T, K], Q int32 [T, K/B], F float32
     [T, G])`` (moejit.int8.format.scale_shapes gives the two scale shapes)."""

@@ -73,9 +73,11 @@ def check_moe_weights(a: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, weigh
     n = two_n // 2
     if tuple(w2.shape) != (e, k, n):
         raise MoejitInputError(f"w2 must be [E, K, N] = {(e, k, n)}, got {tuple(w2.shape)}")
+    if e == 0:
+        raise MoejitInputError(f"w1 has no experts: {tuple(w1.shape)}")
     for name, value in (("K", k), ("N", n)):
-        if value % multiple_of:
-            raise MoejitInputError(f"{name} = {value} must be a multiple of {multiple_of}")
+        if value <= 0 or value % multiple_of:
+            raise MoejitInputError(f"{name} = {value} must be a positive multiple of {multiple_of}")
     return MoeShape(m, k, n, e, 0)
 
 

@@ -135,8 +135,8 @@ def cutlass_fp8_grouped_mm(a: torch.Tensor, b: torch.Tensor, expert_offsets: tor
     if expert_offsets.numel() != e + 1:
         raise MoejitInputError(f"expert_offsets must have E + 1 = {e + 1} entries, got {expert_offsets.numel()}")
     for name, value in (("N", n), ("K", k)):
-        if value % 16:
-            raise MoejitInputError(f"{name} = {value} must be a multiple of 16")
+        if value <= 0 or value % 16:  # K = 0 would leave CUTLASS's accumulators unwritten
+            raise MoejitInputError(f"{name} = {value} must be a positive multiple of 16")
     if a_scale.numel() not in (1, rows):
         raise MoejitInputError(f"a_scale must have 1 (per tensor) or rows = {rows} (per token) elements, got shape "
                                f"{tuple(a_scale.shape)}")
