@@ -204,3 +204,9 @@ def test_layer_rejects_bad_input(cpu_pipeline):
         ops.cutlass_moe_int8_hybrid(h, w13, w2, s13, s2.half(), tw, ids)
     with pytest.raises(MoejitInputError, match="q_max"):
         ops.cutlass_moe_int8_hybrid(h, w13, w2, s13, s2, tw, ids, q_max=5000)
+
+
+def test_hybrid_quant_keeps_nan(interpret, seeded):
+    from nan_cases import check_hybrid_quantizer_keeps_nan
+
+    check_hybrid_quantizer_keeps_nan("cpu", seeded)

@@ -45,6 +45,13 @@ def test_quant_bit_exact(dtype, t, k, s, seeded):
         assert torch.equal(g.cpu(), r), name
 
 
+def test_quant_keeps_nan(seeded):
+    """Compiled max drops NaN (the interpreter keeps it): a NaN must still make its super group's F NaN."""
+    from nan_cases import check_hybrid_quantizer_keeps_nan
+
+    check_hybrid_quantizer_keeps_nan("cuda", seeded)
+
+
 @pytest.mark.parametrize("m, topk, e, k", [(1, 8, 256, 2048), (37, 8, 256, 2048), (300, 2, 8, 4096)])
 def test_permute_quant_and_zero_width_permute(m, topk, e, k, seeded):
     hidden = _rand(m, k, seeded).cuda()

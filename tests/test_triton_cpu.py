@@ -102,6 +102,9 @@ def test_bad_table_is_rejected():
                                                   GROUP_SIZE_M=1, num_warps=4, num_stages=3)}))
     with pytest.raises(ValueError, match="lacks"):
         configs.parse_table(json.dumps({"1": dict(BLOCK_SIZE_M=16)}))
+    with pytest.raises(ValueError, match="BLOCK_SIZE_K must be a power of two >= 32"):  # 8-bit tl.dot: K >= 32
+        configs.parse_table(json.dumps({"1": dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=16,
+                                                  GROUP_SIZE_M=1, num_warps=4, num_stages=3)}))
 
 
 def test_shipped_tables_parse():

@@ -156,6 +156,15 @@ def test_quant_exact(gen, mode):
     assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
 
 
+@pytest.mark.parametrize("mode", ["static", "tensor", "token", "group"])
+@pytest.mark.parametrize("q_dtype", [FP8, torch.int8])
+def test_quant_keeps_nan(mode, q_dtype):
+    """Compiled max/min drop NaN (the interpreter keeps it): a NaN must still reach its scale, as in the reference."""
+    from nan_cases import check_quantizer_keeps_nan
+
+    check_quantizer_keeps_nan("cuda", torch.Generator().manual_seed(7), q_dtype, mode)
+
+
 def test_silu_quant_kernel(gen):
     """The standalone SiLU·mul + quantization kernel (the layer fuses SiLU·mul into GEMM1 instead)."""
     from moejit.triton.quant import quantize_activations

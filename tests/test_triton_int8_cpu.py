@@ -189,6 +189,14 @@ def test_interp_int8_quantizer_is_bit_exact(seeded, mode, silu):
 
 
 @interp_only
+@pytest.mark.parametrize("mode", ["tensor", "token", "group", "static"])
+def test_interp_int8_quantizer_keeps_nan(seeded, mode):
+    from nan_cases import check_quantizer_keeps_nan
+
+    check_quantizer_keeps_nan("cpu", seeded, torch.int8, mode)
+
+
+@interp_only
 @pytest.mark.parametrize("mode", ["token_channel", "block", "tensor_tensor"])
 def test_interp_int8_layer_matches_the_exact_reference(seeded, mode):
     """The whole layer with int8 operands: int32 accumulation of exact products, so only the fp16 roundings of the

@@ -204,3 +204,11 @@ def test_fused_moe_gemm(seeded, mode, k):
         assert torch.isnan(c[~live]).all()  # dropped slots are not written
         # exact products of fp8 values summed in float32 in a different order: float32 rounding only
         torch.testing.assert_close(c[live], ref[live], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["static", "tensor", "token", "group"])
+def test_quant_keeps_nan(seeded, mode):
+    """(INT8: tests/test_triton_int8_cpu.py, which gives the interpreter the libdevice.rint it lacks.)"""
+    from nan_cases import check_quantizer_keeps_nan
+
+    check_quantizer_keeps_nan("cpu", seeded, torch.float8_e4m3fn, mode, exact_fp8=False)

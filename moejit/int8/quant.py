@@ -30,6 +30,7 @@ import triton.language as tl
 
 from moejit.errors import MoejitInputError
 from moejit.int8.format import HybridFormat
+from moejit.triton.quant import nanmax
 
 _ACT_TYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -62,8 +63,8 @@ def _int8_hybrid_quant_kernel(x_ptr, idx_ptr, xq_ptr, q_ptr, f_ptr,
     else:
         x = tl.load(base + col, mask=mask, other=0.0).to(tl.float32)
 
-    amax = tl.max(tl.abs(x), axis=1)                             # [S_PAD]; padded blocks are 0
-    f = tl.math.div_rn(tl.max(amax, axis=0), Q_MAX * 127.0)      # F = group max / (127 · q_max)
+    amax = tl.reduce(tl.abs(x), 1, nanmax)                       # [S_PAD]; padded blocks are 0
+    f = tl.math.div_rn(tl.reduce(amax, 0, nanmax), Q_MAX * 127.0)  # F = group max / (127 · q_max); NaN kept
     live = f > 0.0
     denom = tl.where(live, f * 127.0, 1.0)
     q = tl.ceil(tl.math.div_rn(amax, tl.zeros_like(amax) + denom))

@@ -7,7 +7,8 @@ of every expert, walking the expert-sorted, block-padded slot list of :mod:`moej
   weight scale per expert (``[E]``) or per output channel (``[E, N]``).
 - FP8 accumulation: Hopper's FP8 tensor-core accumulation keeps fewer mantissa bits than float32 (DeepSeek-V3
   report, §3.3.2); left alone over K = 14336 it costs ~1-2% relative error. Partial sums are promoted to the
-  float32 accumulator every BLOCK_SIZE_K products (``max_num_imprecise_acc``), DeepSeek's 128-element interval.
+  float32 accumulator every 128 products (``max_num_imprecise_acc``), DeepSeek's interval. On sm_90 this makes
+  ptxas wait for each wgmma before the promotion (warning C7517) — a speed cost that ``moejit tune`` timings show.
 - Block-wise (DeepSeek-V3): ``W`` scales ``[E, ceil(N/GROUP_N), ceil(K/GROUP_K)]``, ``A`` scales
   ``[rows, K/GROUP_K]`` (1×GROUP_K groups); each K step's partial product is scaled before accumulating in float32
   (so BLOCK_K divides GROUP_K).
@@ -33,6 +34,9 @@ from moejit.triton.align import Alignment
 # weight W_MODE 0 per expert, 1 per output channel, 2 GROUP_N×GROUP_K blocks
 A_TENSOR, A_ROW, A_GROUP = 0, 1, 2
 W_TENSOR, W_CHANNEL, W_BLOCK = 0, 1, 2
+# FP8 products summed inside the tensor core before promotion to float32 (DeepSeek-V3's interval); a config's
+# "promote_every" overrides it (0: never promote). Independent of BLOCK_SIZE_K: Triton splits a longer dot.
+PROMOTE_INTERVAL = 128
 
 
 @triton.jit
@@ -73,7 +77,8 @@ def _mma_block(acc, a, w, a_s, w_s, IS_INT: tl.constexpr):
         part = tl.dot(a, w, out_dtype=tl.int32).to(tl.float32)
     else:
         part = tl.dot(a, w)
-    return acc + part * (a_s[:, None] * w_s[None, :])
+    # scaled as (part · a_s) · w_s: building the a_s ⊗ w_s tile first keeps a fifth full fp32 tile live (spills)
+    return acc + (part * a_s[:, None]) * w_s[None, :]
 
 
 @triton.jit
@@ -194,7 +199,7 @@ def invoke_fused_moe_gemm(a: torch.Tensor, w: torch.Tensor, c: torch.Tensor, a_s
         a_scale.stride(0) if a_mode != A_TENSOR else 0, ws.stride(0), stride_wsn, stride_wsk,
         TOP_K=top_k, A_MODE=a_mode, W_MODE=w_mode, GROUP_N=group_n, GROUP_K=group_k,
         MUL_ROUTED_WEIGHT=topk_weights is not None, SILU_MUL=silu_mul, EVEN_K=k % bk == 0,
-        PROMOTE_EVERY=min(config.get("promote_every", bk), bk),
+        PROMOTE_EVERY=min(config.get("promote_every", PROMOTE_INTERVAL), bk),
         BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=config.get("GROUP_SIZE_M", 1),
         num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3),
     )

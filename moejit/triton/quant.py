@@ -8,6 +8,11 @@ Semantics are exactly :func:`moejit.reference.fp8_quant_ref`'s (and its INT8 ana
 ``silu(gate) · up`` is computed in float32 and rounded to the input dtype first, as the reference stores the
 GEMM1 output in the activation dtype.
 
+NaN propagates as in the reference (torch's ``amax`` and ``clamp``): a NaN makes its row's (or the tensor's, or
+the group's) scale NaN. Compiled Triton's plain ``max``/``min`` drop NaN (PTX ``max.f32``), so every maximum here
+is NaN-propagating (:func:`nanmax`), and the per-tensor amax is combined as int32 bits (non-negative floats order
+as their bits, and the canonical NaN is above +inf), because Triton's float ``atomic_max`` skips NaN.
+
 Rows can be masked by ``topk_ids`` (slot ``r`` is live when ``0 <= topk_ids.flat[r] < E``): masked rows are
 skipped and do not contribute to a per-tensor amax — the intermediate of dropped slots is never written.
 """
@@ -49,9 +54,21 @@ def _load_row_chunk(x_ptr, row, cols, mask, stride_xm, n_cols, HAS_SILU: tl.cons
 
 
 @triton.jit
+def nanmax(a, b):
+    """Elementwise maximum that keeps NaN (also a combine function for ``tl.reduce``)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def nanclamp(x, lo, hi):
+    """``clamp(x, lo, hi)`` keeping NaN, as torch's clamp."""
+    return tl.minimum(tl.maximum(x, lo, propagate_nan=tl.PropagateNan.ALL), hi, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _to_q(v, scale, QMAX: tl.constexpr, q_dtype: tl.constexpr, IS_INT: tl.constexpr):
     y = tl.math.div_rn(v, scale)
-    y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
+    y = nanclamp(y, -QMAX, QMAX)
     if IS_INT:
         y = tl.extra.cuda.libdevice.rint(y)
     return y.to(q_dtype)
@@ -68,17 +85,19 @@ def _row_live(ids_ptr, row, num_experts, HAS_IDS: tl.constexpr):
 
 
 @triton.jit
-def _amax_kernel(x_ptr, amax_ptr, ids_ptr, stride_xm, n_cols, num_experts,
+def _amax_kernel(x_ptr, amax_bits_ptr, ids_ptr, stride_xm, n_cols, num_experts,
                  HAS_SILU: tl.constexpr, HAS_IDS: tl.constexpr, BLOCK: tl.constexpr):
-    """amax over all live rows, accumulated with an atomic max into ``amax_ptr`` (pre-zeroed)."""
+    """amax over all live rows, accumulated with an atomic max of its int32 bits into ``amax_bits_ptr`` (the
+    float32 amax buffer viewed as int32, pre-zeroed): NaN-propagating, see the module docstring."""
     row = tl.program_id(0)
     if _row_live(ids_ptr, row, num_experts, HAS_IDS):
         m = tl.zeros((BLOCK,), tl.float32)
         for c0 in range(0, n_cols, BLOCK):
             cols = c0 + tl.arange(0, BLOCK)
             v = _load_row_chunk(x_ptr, row, cols, cols < n_cols, stride_xm, n_cols, HAS_SILU)
-            m = tl.maximum(m, tl.abs(v))
-        tl.atomic_max(amax_ptr, tl.max(m, axis=0), sem="relaxed")
+            m = nanmax(m, tl.abs(v))
+        row_max = tl.abs(tl.reduce(m, 0, nanmax))  # abs: a NaN with its sign bit set would order below 0
+        tl.atomic_max(amax_bits_ptr, row_max.to(tl.int32, bitcast=True), sem="relaxed")
 
 
 @triton.jit
@@ -99,7 +118,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, stride_xm, stride_qm, strid
                 cols = (c0 + tl.arange(0, GPB)[:, None] * GROUP + tl.arange(0, GROUP)[None, :])
                 mask = cols < n_cols
                 v = _load_row_chunk(x_ptr, row, cols, mask, stride_xm, n_cols, HAS_SILU)
-                s = tl.maximum(tl.max(tl.abs(v), axis=1) * (1.0 / QMAX), MIN_S)
+                s = nanmax(tl.reduce(tl.abs(v), 1, nanmax) * (1.0 / QMAX), MIN_S)
                 tl.store(q_row + cols, _to_q(v, s[:, None], QMAX, q_dtype, IS_INT), mask=mask)
                 tl.store(s_ptr + row.to(tl.int64) * stride_sm + g_idx, s, mask=g_idx * GROUP < n_cols)
         else:
@@ -108,11 +127,11 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, stride_xm, stride_qm, strid
                 for c0 in range(0, n_cols, BLOCK):
                     cols = c0 + tl.arange(0, BLOCK)
                     v = _load_row_chunk(x_ptr, row, cols, cols < n_cols, stride_xm, n_cols, HAS_SILU)
-                    m = tl.maximum(m, tl.abs(v))
-                s = tl.maximum(tl.max(m, axis=0) * (1.0 / QMAX), MIN_S)
+                    m = nanmax(m, tl.abs(v))
+                s = nanmax(tl.reduce(m, 0, nanmax) * (1.0 / QMAX), MIN_S)
                 tl.store(s_ptr + row.to(tl.int64) * stride_sm, s)
             elif MODE == 1:
-                s = tl.maximum(tl.load(s_ptr) * (1.0 / QMAX), MIN_S)
+                s = nanmax(tl.load(s_ptr) * (1.0 / QMAX), MIN_S)
             else:
                 s = tl.load(s_ptr)
             for c0 in range(0, n_cols, BLOCK):
@@ -124,7 +143,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, stride_xm, stride_qm, strid
 
 @triton.jit
 def _finish_tensor_scale_kernel(amax_ptr, QMAX: tl.constexpr, MIN_S: tl.constexpr):
-    tl.store(amax_ptr, tl.maximum(tl.load(amax_ptr) * (1.0 / QMAX), MIN_S))
+    tl.store(amax_ptr, nanmax(tl.load(amax_ptr) * (1.0 / QMAX), MIN_S))
 
 
 def quantize_activations(x: torch.Tensor, q_dtype: torch.dtype = FP8_DTYPE, *, scale: torch.Tensor | None = None,
@@ -163,7 +182,7 @@ def quantize_activations(x: torch.Tensor, q_dtype: torch.dtype = FP8_DTYPE, *, s
         s = torch.zeros(1, dtype=torch.float32, device=x.device)
         mode, stride_sm = DYNAMIC_TENSOR, 0
         if rows:
-            _amax_kernel[(rows,)](x, s, ids, x.stride(0), n_cols, num_experts, HAS_SILU=silu_and_mul,
+            _amax_kernel[(rows,)](x, s.view(torch.int32), ids, x.stride(0), n_cols, num_experts, HAS_SILU=silu_and_mul,
                                   HAS_IDS=has_ids, BLOCK=block, num_warps=4)
     if rows:
         _quant_rows_kernel[(rows,)](x, q, s, ids, x.stride(0), q.stride(0), stride_sm, n_cols, num_experts,
