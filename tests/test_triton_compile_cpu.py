@@ -1,0 +1,101 @@
+"""Every Triton kernel variant the layers launch, compiled for Hopper (sm_90) without a GPU (tests/triton_compile.py).
+
+The interpreter tests check the kernels' arithmetic; they do not run Triton's code generation, where 8-bit
+``tl.dot`` shape rules, constexpr handling, register allocation and shared memory are decided. Here the layers run
+on ``meta`` tensors at real model shapes, with every kernel compiled (not launched) for sm_90 with the arguments
+and the config — from the shape heuristic — that a GPU run would use: a kernel that does not compile, or a config
+needing more shared memory than an H100/H200 block can have, fails here, on the CPU.
+"""
+
+import pytest
+import torch
+from triton_compile import MAX_SHARED_BYTES, compile_only
+
+from moejit.int8 import quant as int8_quant
+from moejit.moe.triton_fp8 import _fused_moe_quantized
+from moejit.triton import align, fused_moe, quant
+
+FP8 = torch.float8_e4m3fn
+META = dict(device="meta")
+
+# (E, topk, K, N) at TP 1 unless named otherwise
+SHAPES = {"mixtral-8x7b": (8, 2, 4096, 14336), "qwen3.6-35b-a3b": (256, 8, 2048, 512),
+          "deepseek-v3-tp8": (256, 8, 7168, 256)}
+# (dtype, shape, mode, M): M picks the heuristic's tile (rows per expert = M·topk/E: ≤16 → 16-row tiles, ≤48 → 32,
+# ≤160 → 64, more → 128), so every tile size meets every scale mode of each dtype once
+LAYER_CASES = [
+    (FP8, "qwen3.6-35b-a3b", "token_channel", 4),
+    (FP8, "qwen3.6-35b-a3b", "token_channel", 8192),
+    (FP8, "mixtral-8x7b", "tensor_tensor", 128),
+    (FP8, "mixtral-8x7b", "tensor_channel", 512),
+    (FP8, "deepseek-v3-tp8", "block", 64),
+    (FP8, "deepseek-v3-tp8", "block", 4096),
+    (FP8, "deepseek-v3-tp8", "block", 8192),
+    (torch.int8, "qwen3.6-35b-a3b", "token_channel", 8192),
+    (torch.int8, "mixtral-8x7b", "tensor_tensor", 512),
+    (torch.int8, "deepseek-v3-tp8", "block", 128),
+    (torch.int8, "deepseek-v3-tp8", "block", 8192),
+]
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    monkeypatch.setenv("MOEJIT_ALIGN", "triton")
+    return compile_only(monkeypatch, align, quant, fused_moe, int8_quant)
+
+
+def _layer_inputs(dtype, shape, mode, m):
+    e, topk, k, n = SHAPES[shape]
+    a = torch.empty(m, k, dtype=torch.bfloat16, **META)
+    w1, w2 = torch.empty(e, 2 * n, k, dtype=dtype, **META), torch.empty(e, k, n, dtype=dtype, **META)
+    routing = torch.empty(m, topk, **META), torch.empty(m, topk, dtype=torch.int32, **META)
+    if mode == "block":
+        s1, s2 = torch.empty(e, 2 * n // 128, k // 128, **META), torch.empty(e, k // 128, n // 128, **META)
+    elif mode.endswith("channel"):
+        s1, s2 = torch.empty(e, 2 * n, **META), torch.empty(e, k, **META)
+    else:
+        s1, s2 = torch.empty(e, **META), torch.empty(e, **META)
+    return a, w1, w2, routing, s1, s2
+
+
+@pytest.mark.parametrize("dtype, shape, mode, m", LAYER_CASES)
+def test_layer_kernels_compile_for_hopper(compiled, dtype, shape, mode, m):
+    a, w1, w2, (tw, ids), s1, s2 = _layer_inputs(dtype, shape, mode, m)
+    block = (128, 128) if mode == "block" else None
+    out = _fused_moe_quantized(a, w1, w2, tw, ids, s1, s2, None, None, mode.startswith("token"),
+                               mode.endswith("channel"), block, torch.bfloat16)
+    assert out.shape == a.shape
+    names = [c.kernel for c in compiled]
+    assert names.count("fused_moe_kernel") == 2 and "moe_sum_kernel" in names and "_align_place_kernel" in names
+    gemm1 = next(c for c in compiled if c.kernel == "fused_moe_kernel")
+    assert gemm1.constexprs["SILU_MUL"] and gemm1.constexprs["BLOCK_SIZE_M"] == _expected_tile(shape, m)
+    for c in compiled:
+        assert c.shared <= MAX_SHARED_BYTES, f"{c.kernel} {c.constexprs} needs {c.shared} B of shared memory"
+
+
+def _expected_tile(shape, m):
+    e, topk, _, _ = SHAPES[shape]
+    rows = m * topk / e
+    return 16 if rows <= 16 else 32 if rows <= 48 else 64 if rows <= 160 else 128
+
+
+def test_cases_cover_every_tile_size_per_dtype():
+    for dtype in (FP8, torch.int8):
+        tiles = {_expected_tile(shape, m) for d, shape, _, m in LAYER_CASES if d == dtype}
+        assert tiles >= ({16, 64, 128} if dtype == torch.int8 else {16, 32, 64, 128})
+
+
+@pytest.mark.parametrize("variant", ["plain", "permute", "silu"])
+@pytest.mark.parametrize("k", [2048, 7168])
+def test_int8_hybrid_quantizers_compile_for_hopper(compiled, monkeypatch, variant, k):
+    monkeypatch.setattr(int8_quant, "_interpreting", lambda: True)  # lets the wrappers take meta tensors
+    rows = 512
+    if variant == "plain":
+        int8_quant.int8_hybrid_quant(torch.empty(rows, k, dtype=torch.bfloat16, **META))
+    elif variant == "permute":
+        int8_quant.int8_hybrid_permute_quant(torch.empty(rows // 8, k, dtype=torch.bfloat16, **META),
+                                             torch.empty(rows, dtype=torch.int32, **META), 8)
+    else:
+        int8_quant.int8_hybrid_silu_quant(torch.empty(rows, 2 * k, dtype=torch.bfloat16, **META))
+    assert [c.kernel for c in compiled] == ["_int8_hybrid_quant_kernel"]
+    assert compiled[0].shared <= MAX_SHARED_BYTES
