@@ -41,7 +41,9 @@ def random_fp8_weights(e, n_out, k, gen):
     weights would not fit)."""
     w = torch.empty(e, n_out, k, dtype=torch.float8_e4m3fn, device="cuda")
     for i in range(e):
-        w[i] = (torch.randn(n_out, k, device="cuda", generator=gen, dtype=torch.bfloat16) * 64).to(w.dtype)
+        # clamped: e4m3 has no infinity, a value past 448 would become NaN
+        w[i] = (torch.randn(n_out, k, device="cuda", generator=gen, dtype=torch.bfloat16) * 64).clamp(-448, 448).to(
+            w.dtype)
     scale = torch.rand(e, n_out, device="cuda", generator=gen) * (1 / (64 * k ** 0.5)) + 1 / (128 * k ** 0.5)
     return w, scale
 

@@ -5,27 +5,32 @@
 #   gpu_bench.sh [STEP ...]   steps: layers (per-issue layer scripts), int8 (INT8 GEMM + stage scripts),
 #                             bench (moejit bench defaults), bench2 (deepseek-v3 + qwen3.6, TP 1 and 8, plot),
 #                             tune (moejit tune for the issue-4 shapes, tables written into moejit/triton/configs)
-#   MOEJIT_STEP_TIMEOUT       seconds per step (default 280)
+#   MOEJIT_STEP_TIMEOUT       seconds per step (default 280); a device command has 600 s: two or three steps a call
+# The pack is refreshed after every step, so a command killed at the device's limit still returns the steps done.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-# offline machine: the carried wheels (.whl) for what its python3 lacks (scripts/device_setup.sh)
-[ -d .whl ] && source scripts/device_setup.sh .whl
+source scripts/gpu_env.sh
 DEST="${OUT:-$PWD/gpu_logs}"
 LOG="$(mktemp -d)/bench"
 mkdir -p "$DEST" "$LOG/logs"
-export PYTHONUNBUFFERED=1 MOEJIT_CACHE_DIR="${MOEJIT_CACHE_DIR:-/tmp/moejit-cache}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 LIMIT="${MOEJIT_STEP_TIMEOUT:-280}"
 status=0
+
+pack() {
+  tar -czf "$DEST/bench.tar.gz" -C "$(dirname "$LOG")" bench
+  cp "$LOG"/*.png "$DEST/" 2>/dev/null
+}
 
 step() {  # step NAME CMD...: run with a time limit, log to $LOG/logs/NAME.log, keep going on failure
   local name=$1; shift
   echo "== $name: $* ==" | tee "$LOG/logs/$name.log"
   local t0=$SECONDS
-  timeout "$LIMIT" "$@" 2>&1 | tee -a "$LOG/logs/$name.log"
+  # -k: a process stuck in a hung kernel never acts on SIGTERM
+  timeout -k 15 "$LIMIT" "$@" 2>&1 | tee -a "$LOG/logs/$name.log"
   local rc=${PIPESTATUS[0]}
   echo "== $name: rc=$rc, $((SECONDS - t0)) s ==" | tee -a "$LOG/logs/$name.log"
   [ "$rc" -eq 0 ] || status=1
+  pack
 }
 
 steps=("$@")
@@ -52,11 +57,10 @@ for s in "${steps[@]}"; do
         --output moejit/triton/configs
       step tune_deepseek python3 -m moejit.cli tune --models deepseek-v3 --batch-sizes 64 8192 \
         --output moejit/triton/configs
-      mkdir -p "$LOG/configs" && cp moejit/triton/configs/*.json "$LOG/configs/" ;;
+      mkdir -p "$LOG/configs" && cp moejit/triton/configs/*.json "$LOG/configs/" && pack ;;
     *) echo "unknown step $s" ; status=1 ;;
   esac
 done
-tar -czf "$DEST/bench.tar.gz" -C "$(dirname "$LOG")" bench
-cp "$LOG"/*.png "$DEST/" 2>/dev/null
+pack
 echo "packed: $DEST/bench.tar.gz"
 exit $status

@@ -11,23 +11,20 @@
 #   4. moejit bench-int8 --models qwen3.6-35b-a3b mixtral-8x7b --batch-sizes 64 512 2048 8192 (moderate replays)
 #   5. GPU tests: tests/test_triton_int8_gpu.py tests/test_bench_int8_gpu.py
 # A step gets at most its budget (seconds, overridable: T_BUILD T_DEFAULT T_FUSED T_SWEEP T_TESTS) and never more
-# than what is left of T_TOTAL (default 570 s); a step with less than 20 s left is skipped. Exit status: 0 when
-# every step succeeded.
+# than what is left of T_TOTAL (default 520 s, inside the device's 600 s with room for setup); a step with less
+# than 20 s left is skipped. The pack in $OUT is refreshed after every step. Exit status: 0 when every step
+# succeeded.
 set -u
 cd "$(dirname "$0")/.."
-# offline machine: the carried wheels (.whl) for what its python3 lacks (scripts/device_setup.sh)
-[ -d .whl ] && source scripts/device_setup.sh .whl
+source scripts/gpu_env.sh
 # With $OUT set, everything is written to a scratch folder and packed into $OUT/bench_int8.tar.gz at the end (the
 # device tool brings back at most 8 files); summary.log is copied beside it.
 LOG="${OUT:-$PWD/gpu_logs}/bench_int8"
 [ -n "${OUT:-}" ] && LOG="$(mktemp -d)/bench_int8"
 mkdir -p "$LOG"
-export PYTHONUNBUFFERED=1 COLUMNS="${COLUMNS:-200}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export MOEJIT_CACHE_DIR="${MOEJIT_CACHE_DIR:-$PWD/.jitcache}"          # ignored by git; kept between calls
-export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$MOEJIT_CACHE_DIR/triton}"
+export COLUMNS="${COLUMNS:-200}"
 export MOEJIT_ERR_LOG="$LOG/errors_measured.log"
-T_TOTAL="${T_TOTAL:-570}"
+T_TOTAL="${T_TOTAL:-520}"
 T_BUILD="${T_BUILD:-90}" T_DEFAULT="${T_DEFAULT:-100}" T_FUSED="${T_FUSED:-70}" T_SWEEP="${T_SWEEP:-140}"
 T_TESTS="${T_TESTS:-170}"
 START=$(date +%s)
@@ -35,6 +32,14 @@ status=0
 summary=()
 
 left() { echo $(( T_TOTAL - ($(date +%s) - START) )); }
+
+pack() {  # the device tool brings back at most 8 files: one archive, plus the summary
+  if [ -n "${OUT:-}" ]; then
+    tar -czf "$OUT/bench_int8.tar.gz" -C "$(dirname "$LOG")" bench_int8
+    [ -f "$LOG/summary.log" ] && cp "$LOG/summary.log" "$OUT/int8_summary.log"
+  fi
+  return 0
+}
 
 # step NAME BUDGET LOGFILE -- command...
 step() {
@@ -58,6 +63,7 @@ step() {
   [ "$rc" -eq 124 ] && echo "!! $name: timed out after ${budget}s (partial results above)" | tee -a "$logfile"
   [ "$rc" -ne 0 ] && status=1
   summary+=("$name: rc=$rc in ${dt}s")
+  pack
 }
 
 {
@@ -102,7 +108,5 @@ step "GPU tests" "$T_TESTS" "$LOG/tests.log" -- \
   printf '%s\n' "${summary[@]}"
   echo "exit status: $status"
 } | tee -a "$LOG/summary.log"
-if [ -n "${OUT:-}" ]; then
-  tar -czf "$OUT/bench_int8.tar.gz" -C "$(dirname "$LOG")" bench_int8 && cp "$LOG/summary.log" "$OUT/int8_summary.log"
-fi
+pack
 exit $status

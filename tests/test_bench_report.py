@@ -132,3 +132,12 @@ def test_environment_on_this_machine():
     env = report.environment()
     assert set(report.ENV_FIELDS) <= set(env)
     assert env["moejit_version"] and env["torch"] and env["git_rev"]
+
+
+def test_git_revision_outside_git_comes_from_the_environment(monkeypatch):
+    """A copy of the tree without .git (the GPU machine's) reports $MOEJIT_GIT_REV, else 'unknown'."""
+    monkeypatch.setattr(report, "_run", lambda *a, **k: "")
+    monkeypatch.delenv("MOEJIT_GIT_REV", raising=False)
+    assert report.git_revision() == "unknown"
+    monkeypatch.setenv("MOEJIT_GIT_REV", "0123456789ab")
+    assert report.git_revision() == "0123456789ab"

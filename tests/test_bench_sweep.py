@@ -230,3 +230,31 @@ def test_interrupt_keeps_the_finished_cells():
 
     s, results, _ = run([Interrupting("good")], batch_sizes=(4, 8, 16, 32), pat=(False,), poc=(False,))
     assert s.interrupted and [r.batch_size for r in results] == [4, 8]
+
+
+def test_an_error_outside_the_cells_stops_the_sweep_and_keeps_what_was_measured(monkeypatch):
+    """E.g. a kernel fault loses the CUDA context and every later CUDA call raises: the measured cells are kept,
+    every other cell is recorded as an error with the reason (n/a for an unavailable backend), once each."""
+    calls = []
+    real = Sweep._run_batch
+
+    def faulting(self, cfg, m, weights):
+        calls.append(m)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(self, cfg, m, weights)
+
+    monkeypatch.setattr(Sweep, "_run_batch", faulting)
+    backends = [FakeBackend("good"), FakeBackend("missing", "missing", reason="not built")]
+    s, results, _ = run(backends, batch_sizes=(4, 8, 16), pat=(False, True), poc=(False,))
+    assert not s.interrupted and "illegal memory access" in s.stopped
+    assert len(results) == s.total_cells == 2 * 3 * 2
+    cells = {(r.per_act_token, r.batch_size, r.backend): r for r in results}
+    assert len(cells) == len(results)  # one record per cell
+    assert cells[(False, 4, "good")].status == "ok"
+    for key, r in cells.items():
+        if r.backend == "missing":
+            assert r.status == "n/a"
+        elif key != (False, 4, "good"):
+            assert r.status == "error" and "illegal memory access" in r.message
+    assert "sweep stopped" in s.end_note() and f"of {s.total_cells} cells" in s.end_note()

@@ -204,10 +204,12 @@ def test_tune_shape_picks_the_fastest_and_always_times_the_heuristic(heuristic_r
             return None
         return 100.0 + 5000.0 / cfg["BLOCK_SIZE_N"] + 4000.0 / cfg["BLOCK_SIZE_K"] + cfg["num_stages"]
 
-    lines = []
+    lines, partial = [], []
     table, ratios = tune.tune_shape(e, topk, k, n, [1, 512], "token_channel", None, 3, log=lines.append,
-                                    timer=cost, make_inputs=lambda m, prev: m)
+                                    timer=cost, make_inputs=lambda m, prev: m,
+                                    on_batch=lambda t, r: partial.append(sorted(t)))
     assert sorted(table) == [1, 512] and len(lines) == 2
+    assert partial == [[1], [1, 512]]  # the CLI writes the table after each batch size
     for m in (1, 512):
         heuristic = configs.heuristic_config(m, e, n, k, topk)
         tried = [c for inputs, c in timed if inputs == m]

@@ -243,14 +243,13 @@ def run_bench(console: Console, configs, backends, opts, json_path=None, csv_pat
                 console.print(f"[yellow]{name}: n/a[/] ({reason})", highlight=False)
         with _sigterm_as_interrupt():
             results = sweep.run()
-    if sweep.interrupted:
-        console.print(f"[bold yellow]interrupted:[/] {len(results)} of {sweep.total_cells} cells finished; "
-                      "reporting those", highlight=False)
+    if note := sweep.end_note():
+        console.print(note, highlight=False)
     report.print_results(console, results)
     if json_path:
         report.write_json(json_path, results, env,
                           extra={"ceilings": ceilings.as_dict() if ceilings is not None else None,
-                                 "interrupted": sweep.interrupted, "planned_cells": sweep.total_cells})
+                                 "interrupted": sweep.interrupted, "stopped": sweep.stopped, "planned_cells": sweep.total_cells})
         console.print(f"wrote {json_path}", highlight=False)
     if csv_path:
         report.write_csv(csv_path, results, env)

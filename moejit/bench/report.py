@@ -38,12 +38,13 @@ def _run(cmd: Sequence[str], cwd: str | None = None) -> str:
 
 
 def git_revision() -> str:
-    """``<commit>`` of the moejit checkout, ``+dirty`` when it has uncommitted changes; ``unknown`` outside git."""
+    """``<commit>`` of the moejit checkout, ``+dirty`` when it has uncommitted changes; outside git (a copy of the
+    tree on a GPU machine, say) ``$MOEJIT_GIT_REV`` when set, else ``unknown``."""
     from moejit.jit.paths import REPO_DIR
 
     rev = _run(["git", "rev-parse", "--short=12", "HEAD"], cwd=str(REPO_DIR))
     if not rev:
-        return "unknown"
+        return os.environ.get("MOEJIT_GIT_REV") or "unknown"
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=str(REPO_DIR))
     return rev + ("+dirty" if dirty else "")
 

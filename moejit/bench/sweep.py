@@ -311,6 +311,7 @@ class Sweep:
         self.timer = timer or time_cuda_graph
         self.results: list[CellResult] = []
         self.interrupted = False
+        self.stopped: str | None = None  # why the sweep stopped early on an error outside any cell
         self.availability = {b.name: b.available() for b in self.backends}
 
     @property
@@ -346,7 +347,10 @@ class Sweep:
             import torch
 
             gc.collect()
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except Exception:  # noqa: BLE001 - a sticky CUDA error (a kernel fault): the next cell reports it
+                pass
 
     def _l2_bytes(self) -> int:
         if self._cuda():
@@ -358,14 +362,42 @@ class Sweep:
     # -- main loop ------------------------------------------------------------------------------------------------
     def run(self) -> list[CellResult]:
         """Run every cell. A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by the CLI) stops the sweep
-        and returns the cells finished so far, with :attr:`interrupted` set."""
-        self.interrupted = False
+        and returns the cells finished so far, with :attr:`interrupted` set. Any other exception escaping the cells
+        (e.g. the CUDA context lost to a kernel fault, which makes every later CUDA call fail) stops it too: the
+        cells not run are recorded as errors with the reason, also kept in :attr:`stopped`, so what was measured
+        is still reported and exported."""
+        self.interrupted, self.stopped = False, None
         try:
             self._run_groups()
         except KeyboardInterrupt:
             self.interrupted = True
             self._free_memory()
+        except Exception as exc:  # noqa: BLE001 - report the cells measured so far
+            self.stopped = f"sweep stopped: {_short(exc)}"
+            self._fill_remaining(self.stopped)
         return self.results
+
+    def end_note(self) -> str | None:
+        """One line for the console when the sweep did not run to its end, else None."""
+        done = f"{len(self.results)} of {self.total_cells} cells"
+        if self.interrupted:
+            return f"[bold yellow]interrupted:[/] {done} finished; reporting those"
+        if self.stopped:
+            return f"[bold red]{self.stopped}[/] ({done} recorded, the rest as errors)"
+        return None
+
+    def _fill_remaining(self, message: str) -> None:
+        def key(r: CellResult):
+            return r.model, r.tp, r.per_act_token, r.per_out_ch, r.batch_size, r.backend
+
+        done = {key(r) for r in self.results}
+        for cfg in self.configs:
+            for m in self.opts.batch_sizes:
+                for b in self.backends:
+                    ok, reason = self.availability[b.name]
+                    cell = self._blank(cfg, m, b, STATUS_ERROR if ok else STATUS_NA, message if ok else reason)
+                    if key(cell) not in done:
+                        self._emit(cell)
 
     def _run_groups(self) -> None:
         groups: dict[tuple, list[Config]] = {}

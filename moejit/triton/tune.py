@@ -127,17 +127,23 @@ def time_config(inputs, mode_args, cfg, iters: int) -> float | None:
     try:
         return time_cuda_graph(fn, ops_per_graph=10, warmup=2, iters=iters).median_us
     except Exception as exc:  # noqa: BLE001 - out of shared memory / registers: skip the config
-        torch.cuda.synchronize()
         msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        try:
+            torch.cuda.synchronize()
+        except Exception as lost:  # noqa: BLE001 - a kernel fault lost the CUDA context: nothing more can run
+            raise click.ClickException(f"CUDA context lost after {cfg} ({msg}): {lost}; the tables of the batch "
+                                       f"sizes tuned so far are written") from lost
         click.echo(f"  skipped {cfg}: {msg}", err=True)
         return None
 
 
 def tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress=None, task=None, log=print,
-               timer=None, make_inputs=None) -> tuple[dict, dict]:
+               timer=None, make_inputs=None, on_batch=None) -> tuple[dict, dict]:
     """Best config per batch size for one layer shape. Returns ``({M: config}, {M: heuristic µs / best µs})``
     (the ratio is None where the heuristic's config did not run). ``timer(inputs, mode_args, cfg, iters)`` and
-    ``make_inputs(m, previous)`` default to the GPU ones (:func:`time_config`, random FP8/INT8 layer inputs)."""
+    ``make_inputs(m, previous)`` default to the GPU ones (:func:`time_config`, random FP8/INT8 layer inputs).
+    ``on_batch(table, ratios)`` is called after each batch size (the CLI writes the partial table there, so a
+    killed or failed run keeps what it tuned)."""
     mode_args = _mode_args(mode)
     timer = timer or time_config
     if make_inputs is None:
@@ -170,6 +176,8 @@ def tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress=None, 
         log(f"M={m}: best {us:.1f} us {best}; heuristic "
             + (f"{h_us:.1f} us ({h_us / us:.2f}x the best)" if h_us is not None else "did not run"))
         table[m] = best
+        if on_batch is not None:
+            on_batch(table, ratios)
     return table, ratios
 
 
@@ -252,15 +260,19 @@ def tune(models, tp_sizes, batch_sizes, shapes, quant_modes, qdtype, iters, outp
                 mode_args = _mode_args(mode)
                 total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 10 for m in batch_sizes)
                 task = progress.add_task(f"{label} {mode}", total=total)
-                table, ratios = tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress, task,
-                                   log=progress.console.print)
-                progress.update(task, completed=total)
                 name = cfgs.config_file_name(e, n, k, topk, device, dtype_name, mode)
                 meta = dict(device=torch.cuda.get_device_name(), E=e, N=n, K=k, topk=topk, dtype=dtype_name,
                             quant=mode, tool="moejit tune")
                 paths = [cfgs.user_config_dir() / name] + ([output / name] if output else [])
+
+                def write(table, ratios, paths=paths, meta=meta):
+                    for path in paths:
+                        write_table(table, path, meta, ratios)
+
+                tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress, task,
+                           log=progress.console.print, on_batch=write)
+                progress.update(task, completed=total)
                 for path in paths:
-                    write_table(table, path, meta, ratios)
                     progress.console.print(f"wrote {path}")
     cfgs.load_table.cache_clear()
 

@@ -219,9 +219,8 @@ def run_int8(console, plan: dict, opts, stage_timing: bool = True, profile: bool
                 console.print(f"[yellow]{name}: n/a[/] ({reason})", highlight=False)
         with _sigterm_as_interrupt() if device != "cpu" else contextlib.nullcontext():
             results = sweep.run()
-    if sweep.interrupted:
-        console.print(f"[bold yellow]interrupted:[/] {len(results)} of {sweep.total_cells} cells finished; reporting "
-                      "those", highlight=False)
+    if note := sweep.end_note():
+        console.print(note, highlight=False)
     report.print_all(console, results, sweep.stage_results)
     if profile and not sweep.profiled:
         console.print("[yellow]--profile: no forward was profiled (the hybrid backend did not run)[/]",
@@ -229,7 +228,7 @@ def run_int8(console, plan: dict, opts, stage_timing: bool = True, profile: bool
     if json_path:
         report.write_json(json_path, results, sweep.stage_results, env, params.as_dict(),
                           extra={"ceilings": ceilings.as_dict() if ceilings is not None else None,
-                                 "interrupted": sweep.interrupted, "planned_cells": sweep.total_cells})
+                                 "interrupted": sweep.interrupted, "stopped": sweep.stopped, "planned_cells": sweep.total_cells})
         console.print(f"wrote {json_path}", highlight=False)
     if csv_path:
         stages_path = report.write_csv(csv_path, results, sweep.stage_results, env)
