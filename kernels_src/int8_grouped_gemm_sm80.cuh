@@ -55,8 +55,12 @@ struct TileConfig {
   static constexpr int kWarpsN = kN / kWarpN;
   static constexpr int kThreads = kWarpsM * kWarpsN * 32;
   static constexpr int kSmemBytes = static_cast<int>(sizeof(typename Mma::Base::SharedStorage));
-  // CTAs per SM the register allocation must allow (shared memory allows 2 / 3 on SM90, 1 / 2 on SM80).
+  // CTAs per SM the register allocation must allow (shared memory allows 2 / 3 on SM90, 1 / 2 on SM80). The
+  // hybrid kernels keep a second (one super group) or third (several) accumulator set: capping their registers for
+  // 2 / 3 CTAs made ptxas spill inside the K loop (cuobjdump, sm_90a: 118 local loads/stores per K tile at 128
+  // rows, 24 at 64), so they ask for one CTA fewer and spill nothing.
   static constexpr int kMinBlocks = kM == 128 ? 2 : 3;
+  static constexpr int kMinBlocksHybrid = kM == 128 ? 1 : 2;
 };
 
 // The multistage mainloop over one output tile. Hooks: hook.begin_tile(t) before the MMAs of K tile t and
@@ -327,9 +331,10 @@ CUTLASS_DEVICE void store_pair(OutT* dst, float x, float y, bool both, bool vect
   }
 }
 
-// The multi-group hybrid keeps a third accumulator and runs with one CTA per SM; everything else fits two or three.
+// Occupancy the register allocation must allow: see TileConfig::kMinBlocks (the multi-group hybrid: one CTA).
 template <class Cfg, bool kHybrid, bool kMultiGroup, typename OutT>
-__global__ void __launch_bounds__(Cfg::kThreads, kMultiGroup ? 1 : Cfg::kMinBlocks) grouped_gemm_kernel(GroupedGemmParams p) {
+__global__ void __launch_bounds__(Cfg::kThreads, kMultiGroup ? 1 : (kHybrid ? Cfg::kMinBlocksHybrid : Cfg::kMinBlocks))
+    grouped_gemm_kernel(GroupedGemmParams p) {
   using Loop = Mainloop<Cfg>;
   using Layout = AccumulatorLayout<Cfg>;
   extern __shared__ __align__(16) uint8_t smem[];
