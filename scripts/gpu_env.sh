@@ -8,6 +8,8 @@
 [ -d .whl ] && source scripts/device_setup.sh .whl
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -z "${MOEJIT_CACHE_DIR:-}" ]; then
-  if [ -d .jitcache_dev ]; then export MOEJIT_CACHE_DIR="$PWD/.jitcache_dev"; else export MOEJIT_CACHE_DIR=/tmp/moejit-cache; fi
+  MOEJIT_CACHE_DIR=/tmp/moejit-cache
+  [ -d .jitcache_dev ] && MOEJIT_CACHE_DIR="$PWD/.jitcache_dev"
+  export MOEJIT_CACHE_DIR
 fi
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$MOEJIT_CACHE_DIR/triton}"

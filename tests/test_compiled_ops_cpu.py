@@ -192,8 +192,8 @@ def test_grouped_mm_wrappers_reject_empty_gemm_dimensions(libraries, n, k):
             ops.cutlass_fp8_grouped_mm(_fake_cuda(M, k, dtype=FP8), _fake_cuda(E, n, k, dtype=FP8), offsets,
                                        _fake_cuda(M), _fake_cuda(E, n))
         with pytest.raises(MoejitInputError, match="non-empty"):
-            ops.int8_grouped_mm(_fake_cuda(M, k, dtype=torch.int8), _fake_cuda(M), _fake_cuda(E, n, k, dtype=torch.int8),
-                                _fake_cuda(E, n), offsets)
+            ops.int8_grouped_mm(_fake_cuda(M, k, dtype=torch.int8), _fake_cuda(M),
+                                _fake_cuda(E, n, k, dtype=torch.int8), _fake_cuda(E, n), offsets)
 
 
 def _hybrid_quant_contract(t, k, block_size, super_group_size, q_max, device):

@@ -21,8 +21,8 @@ META = dict(device="meta")
 # (E, topk, K, N) at TP 1 unless named otherwise
 SHAPES = {"mixtral-8x7b": (8, 2, 4096, 14336), "qwen3.6-35b-a3b": (256, 8, 2048, 512),
           "deepseek-v3-tp8": (256, 8, 7168, 256)}
-# (dtype, shape, mode, M): M picks the heuristic's tile (rows per expert = M·topk/E: ≤16 → 16-row tiles, ≤48 → 32,
-# ≤160 → 64, more → 128), so every tile size meets every scale mode of each dtype once
+# (dtype, shape, mode, M): M picks the heuristic's tile (rows per expert = M·topk/E: ≤16 → 16-row tiles,
+# ≤48 → 32, ≤160 → 64, more → 128), so each dtype meets its tile sizes and scale modes
 LAYER_CASES = [
     (FP8, "qwen3.6-35b-a3b", "token_channel", 4),
     (FP8, "qwen3.6-35b-a3b", "token_channel", 8192),

@@ -249,7 +249,8 @@ def run_bench(console: Console, configs, backends, opts, json_path=None, csv_pat
     if json_path:
         report.write_json(json_path, results, env,
                           extra={"ceilings": ceilings.as_dict() if ceilings is not None else None,
-                                 "interrupted": sweep.interrupted, "stopped": sweep.stopped, "planned_cells": sweep.total_cells})
+                                 "interrupted": sweep.interrupted, "stopped": sweep.stopped,
+                                 "planned_cells": sweep.total_cells})
         console.print(f"wrote {json_path}", highlight=False)
     if csv_path:
         report.write_csv(csv_path, results, env)

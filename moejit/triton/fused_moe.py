@@ -8,7 +8,7 @@ of every expert, walking the expert-sorted, block-padded slot list of :mod:`moej
 - FP8 accumulation: Hopper's FP8 tensor-core accumulation keeps fewer mantissa bits than float32 (DeepSeek-V3
   report, §3.3.2); left alone over K = 14336 it costs ~1-2% relative error. Partial sums are promoted to the
   float32 accumulator every 128 products (``max_num_imprecise_acc``), DeepSeek's interval. On sm_90 this makes
-  ptxas wait for each wgmma before the promotion (warning C7517) — a speed cost that ``moejit tune`` timings show.
+  ptxas wait for each wgmma before the promotion (warning C7517): a speed cost not measured yet (docs/notes.md).
 - Block-wise (DeepSeek-V3): ``W`` scales ``[E, ceil(N/GROUP_N), ceil(K/GROUP_K)]``, ``A`` scales
   ``[rows, K/GROUP_K]`` (1×GROUP_K groups); each K step's partial product is scaled before accumulating in float32
   (so BLOCK_K divides GROUP_K).

@@ -228,7 +228,8 @@ def run_int8(console, plan: dict, opts, stage_timing: bool = True, profile: bool
     if json_path:
         report.write_json(json_path, results, sweep.stage_results, env, params.as_dict(),
                           extra={"ceilings": ceilings.as_dict() if ceilings is not None else None,
-                                 "interrupted": sweep.interrupted, "stopped": sweep.stopped, "planned_cells": sweep.total_cells})
+                                 "interrupted": sweep.interrupted, "stopped": sweep.stopped,
+                                 "planned_cells": sweep.total_cells})
         console.print(f"wrote {json_path}", highlight=False)
     if csv_path:
         stages_path = report.write_csv(csv_path, results, sweep.stage_results, env)
