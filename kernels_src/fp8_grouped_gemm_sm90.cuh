@@ -159,6 +159,9 @@ struct GroupedFp8Gemm {
       typename Traits::KernelSchedule>::CollectiveOp;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
+  // The stage count is derived to fit, but nothing in CUTLASS checks the total: a launch would fail at run time.
+  static_assert(Kernel::SharedStorageSize <= cutlass::gemm::collective::detail::sm90_smem_capacity_bytes,
+                "the kernel's shared memory exceeds an SM90 block's");
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
   using StrideA = typename Kernel::InternalStrideA;
   using StrideB = typename Kernel::InternalStrideB;
