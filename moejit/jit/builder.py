@@ -236,7 +236,8 @@ def build(module_name: str, arch: str, jobs: int | None = None, force: bool = Fa
 
 
 def load(module_name: str) -> Path:
-    """Make the ops of ``module_name`` available in this process, building the module on first use."""
+    """Make the ops of ``module_name`` available in this process, building the module on first use. A cached
+    library that fails to load (copied from another machine, say) is rebuilt once."""
     global _loaded_arch
     if module_name in _loaded:
         return _loaded[module_name]
@@ -250,7 +251,15 @@ def load(module_name: str) -> Path:
             raise MoejitError(f"moejit modules are already loaded for sm_{_loaded_arch}; "
                               f"one process cannot mix them with sm_{arch}")
         result = build(module_name, arch)
-        torch.ops.load_library(str(result.library))
+        try:
+            torch.ops.load_library(str(result.library))
+        except OSError as exc:
+            if not result.cached:
+                raise
+            # a cached library that does not load here (copied from another machine, say): rebuild it once
+            _log(f"the cached build of '{module_name}' for sm_{arch} does not load ({exc}); rebuilding it")
+            result = build(module_name, arch, force=True)
+            torch.ops.load_library(str(result.library))
         from moejit import registry
 
         registry.register_fakes(module_name)
