@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole GPU suite in one call, for a GPU machine: cold build of every module (timed), warm load (timed),
 # the GPU tests, and a smoke benchmark. Logs go to $OUT when set (else ./gpu_logs).
-#   MOEJIT_SUITE_TESTS   pytest arguments (default: the GPU tests, 4 workers: -m gpu -n 4 --timeout 300 tests)
+#   MOEJIT_SUITE_TESTS   pytest arguments (default: the GPU tests, 4 workers, a whole test file per worker so each
+#                        file's weight cache lives on one worker and is dropped when the file ends:
+#                        -m gpu -n 4 --dist loadfile --timeout 300 tests)
 #   MOEJIT_SUITE_BENCH   extra args for the smoke benchmark (default: a short mixtral sweep); "skip" to skip
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +42,7 @@ PY
 
 echo "== GPU tests ==" | tee "$LOG/tests.log"
 # thread method: a test stuck in a hung kernel is reported and stopped (the signal method cannot interrupt C code)
-python3 -m pytest -rs -q --timeout-method=thread ${MOEJIT_SUITE_TESTS:--m gpu -n 4 --timeout 300 tests} 2>&1 \
+python3 -m pytest -rs -q --timeout-method=thread ${MOEJIT_SUITE_TESTS:--m gpu -n 4 --dist loadfile --timeout 300 tests} 2>&1 \
   | tee -a "$LOG/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 

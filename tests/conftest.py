@@ -20,3 +20,25 @@ def seeded():
     seed = torch.randint(0, 2**31 - 1, ()).item()
     print(f"seed={seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_module_gpu_caches(request):
+    """GPU tests keep model weights in module-level caches (``_WEIGHTS`` dicts, ``WeightCache`` objects). Under
+    pytest-xdist one worker runs many modules on a shared GPU, so each module's caches are dropped when it ends and
+    the allocator's cached blocks handed back: several workers' leftovers would otherwise run the GPU out of memory."""
+    yield
+    released = False
+    for value in vars(request.module).values():
+        if type(value).__name__ == "WeightCache":
+            released |= bool(value.entries)
+            value.clear()
+    weights = getattr(request.module, "_WEIGHTS", None)
+    if isinstance(weights, dict):
+        released |= bool(weights)
+        weights.clear()
+    if released and HAS_GPU:
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()

@@ -137,9 +137,31 @@ def test_grouped_mm_every_config_and_scale_mode(config, out_dtype, a_per_row, b_
             continue
         ref = a[lo:hi].float() @ b[i].float().t()
         ref = ref * (a_s[lo:hi, None] if a_per_row else a_s) * (b_s[i][None, :] if b_per_col else b_s[i])
-        # Exact products of e4m3 values accumulated in float32 (FP8 fast accumulation: the tensor cores' partial
-        # sums), scaled, one rounding to the output type: well inside 1% (bf16 is 0.4%).
+        # Exact products of e4m3 values accumulated in float32 (the tensor cores' partial sums are promoted every
+        # 128 products), scaled, one rounding to the output type: well inside 1% (bf16 is 0.4%).
         torch.testing.assert_close(out[lo:hi].float(), ref, rtol=1e-2, atol=1e-3 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("config", ["swap16", "swap64", "coop128"])
+def test_grouped_mm_keeps_float32_accuracy_over_a_long_k(config, seeded):
+    """K = 7168 with all-positive operands (sums grow with K, so an accumulator that drops low bits loses them
+    steadily): the promoted accumulation stays within 1e-3 of float64, where Hopper's unpromoted FP8 accumulation
+    (~14 significant bits, truncating) would be ~0.7% low — the reason the kernels promote every 128 products."""
+    gen = _cuda_gen(seeded)
+    e, n, k = 3, 256, 7168
+    counts = torch.tensor([40, 0, 200], dtype=torch.int32)
+    offsets = torch.zeros(e + 1, dtype=torch.int32)
+    offsets[1:] = torch.cumsum(counts, 0)
+    rows = int(offsets[-1])
+    a = torch.randn(rows, k, device="cuda", generator=gen).abs().clamp(max=448).to(FP8)
+    b = torch.randn(e, n, k, device="cuda", generator=gen).abs().clamp(max=448).to(FP8)
+    one = torch.ones(1, device="cuda")
+    out = ops.cutlass_fp8_grouped_mm(a, b, offsets.cuda(), one, torch.ones(e, device="cuda"),
+                                     out_dtype=torch.float32, config=config)
+    for i in (0, 2):
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        ref = a[lo:hi].double() @ b[i].double().t()
+        assert rel_error(out[lo:hi].double(), ref) <= 1e-3
 
 
 def test_layer_in_cuda_graph_equals_eager(seeded):

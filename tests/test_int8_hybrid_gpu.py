@@ -141,16 +141,23 @@ def test_layer_matches_reference(shape, m, fused_silu, fused_perm, seeded):
 
 
 def test_layer_dropped_slots_and_env_switches(monkeypatch, seeded):
+    """Dropped slots, and the environment switches (the seed's VLLM_ names too) select the same path as the explicit
+    arguments: bit-identical output (a switch that were ignored would show), each vs its own reference."""
     w13_q, w13_s, w2_q, w2_s = _weights(QWEN)
     hidden, ids, tw = _inputs(QWEN, 50, seeded)
     ids[::3, 1] = -1   # slots routed to no local expert
-    ref = moe_int8_hybrid_ref(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids)
-    for env in ({}, {"VLLM_INT8_HYBRID_FUSED_PERMUTE_QUANT": "1"}, {"MOEJIT_INT8_HYBRID_FUSED_SILU_QUANT": "0"}):
+    cases = [({}, True, False), ({"VLLM_INT8_HYBRID_FUSED_PERMUTE_QUANT": "1"}, True, True),
+             ({"MOEJIT_INT8_HYBRID_FUSED_SILU_QUANT": "0"}, False, False)]
+    for env, silu, perm in cases:
         for name in int8_hybrid.ENV_FUSED_SILU_QUANT + int8_hybrid.ENV_FUSED_PERMUTE_QUANT:
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         out = ops.cutlass_moe_int8_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids)
+        explicit = ops.cutlass_moe_int8_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids, fused_silu_quant=silu,
+                                               fused_permute_quant=perm)
+        assert torch.equal(out, explicit), env
+        ref = moe_int8_hybrid_ref(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids, fused_silu_quant=silu)
         assert rel_error(out.float(), ref) <= 1e-2, env
 
 

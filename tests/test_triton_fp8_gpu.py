@@ -25,8 +25,9 @@ routing = cases.routing
 weights = cases.WeightCache(quantize_weights_fp8)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def gen():
+    """A fresh generator per test (its seed is printed), so a failing test replays on its own."""
     return cases.cuda_generator()
 
 

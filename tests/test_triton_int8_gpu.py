@@ -23,8 +23,9 @@ routing = cases.routing
 weights = cases.WeightCache(quantize_weights_int8_w8a8)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def gen():
+    """A fresh generator per test (its seed is printed), so a failing test replays on its own."""
     return cases.cuda_generator()
 
 
@@ -55,8 +56,9 @@ def test_hot_empty_dropped_topk1_fp16(gen):
 def test_outputs_are_fully_written(gen):
     """The output buffer is allocated by the layer; poison the caching allocator's next blocks with NaN first so a
     row left unwritten would show."""
-    for _ in range(3):
-        torch.full((1 << 24,), float("nan"), device="cuda", dtype=torch.bfloat16)  # freed: reused NaN-filled
+    weights("qwen3.6-35b-a3b", gen, True, None)  # the weights first: they must not land on the poisoned blocks
+    poison = [torch.full((1 << 22,), float("nan"), device="cuda", dtype=torch.bfloat16) for _ in range(16)]
+    del poison  # 16 distinct NaN-filled 8 MiB blocks back in the allocator's cache, reused by the layer's buffers
     out, ref, _ = run_layer("qwen3.6-35b-a3b", "token_channel", 333, gen)
     assert torch.isfinite(out).all() and rel_error(out, ref) <= 1e-2
 

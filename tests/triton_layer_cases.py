@@ -29,8 +29,9 @@ def cuda_generator() -> torch.Generator:
 
 
 class WeightCache:
-    """Float weights (scaled like a trained layer: unit-variance outputs) and their quantization by ``quantize(w,
-    per_out_ch, block_shape) -> (w_q, scale)``, cached per model and layout (one model's float weights at a time)."""
+    """Float weights (scaled like a trained layer: unit-variance outputs; stored in bf16, the references take any
+    dtype) and their quantization by ``quantize(w, per_out_ch, block_shape) -> (w_q, scale)``, cached per model and
+    layout (one model's weights at a time; tests/conftest.py clears the cache when its test module ends)."""
 
     def __init__(self, quantize):
         self.quantize = quantize
@@ -40,8 +41,8 @@ class WeightCache:
         e, _, k, n = SHAPES[name]
         if name not in self.entries:
             self.entries.clear()
-            w1 = torch.randn(e, 2 * n, k, device="cuda", generator=gen) / k ** 0.5
-            w2 = torch.randn(e, k, n, device="cuda", generator=gen) / n ** 0.5
+            w1 = (torch.randn(e, 2 * n, k, device="cuda", generator=gen) / k ** 0.5).bfloat16()
+            w2 = (torch.randn(e, k, n, device="cuda", generator=gen) / n ** 0.5).bfloat16()
             self.entries[name] = {"float": (w1, w2)}
         key = (per_out_ch, block_shape)
         if key not in self.entries[name]:
@@ -49,6 +50,9 @@ class WeightCache:
             self.entries[name][key] = (self.quantize(w1, per_out_ch, block_shape),
                                        self.quantize(w2, per_out_ch, block_shape))
         return self.entries[name]["float"], self.entries[name][key]
+
+    def clear(self) -> None:
+        self.entries.clear()
 
 
 def routing(m, e, topk, gen, dtype=torch.int32):

@@ -196,7 +196,8 @@ def measure_copy_gbps(nbytes: int = 1 << 30, iters: int = 20) -> float:
 
 def measure_matmul_tflops(kind: str = "fp8", size: int = 8192, iters: int = 20) -> float:
     """Dense matmul rate in TFLOP/s for ``size³`` with ``kind`` inputs (fp8 e4m3 via ``torch._scaled_mm`` with
-    bf16 output and fast accumulation, as the CUTLASS FP8 kernels use; int8 via ``torch._int_mm``)."""
+    bf16 output and fast accumulation: the device's peak, which the layers' promoting kernels can approach but not
+    pass; int8 via ``torch._int_mm``)."""
     import torch
 
     a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
