@@ -1,8 +1,8 @@
 """Compile Triton kernels for Hopper (sm_90) on a machine without a GPU, through the code that launches them.
 
-:func:`compile_only` replaces every ``@triton.jit`` kernel of the given modules by a stand-in whose
-``kernel[grid](*args, **kwargs)`` compiles the kernel with Triton's real compiler (and ptxas) for sm_90 with the
-argument types of that call, instead of launching it. Run a layer on ``meta`` tensors (shapes and strides, no
+:func:`compile_only` makes ``kernel[grid](*args, **kwargs)`` of every ``@triton.jit`` function of the given modules
+compile the kernel with Triton's real compiler (and ptxas) for sm_90 with the argument types of that call, instead
+of launching it. Run a layer on ``meta`` tensors (shapes and strides, no
 memory) under it and every kernel variant the layer would launch for that shape — the heuristic's config
 included — goes through the code generation the interpreter skips: ``tl.dot`` shape and type rules, constexpr
 handling, register allocation, shared memory. Each compile is recorded with its shared memory, which a launch on
