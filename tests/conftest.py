@@ -28,9 +28,11 @@ def _drop_module_gpu_caches(request):
     pytest-xdist one worker runs many modules on a shared GPU, so each module's caches are dropped when it ends and
     the allocator's cached blocks handed back: several workers' leftovers would otherwise run the GPU out of memory."""
     yield
+    from triton_layer_cases import WeightCache
+
     released = False
     for value in vars(request.module).values():
-        if type(value).__name__ == "WeightCache":
+        if isinstance(value, WeightCache):
             released |= bool(value.entries)
             value.clear()
     weights = getattr(request.module, "_WEIGHTS", None)

@@ -13,7 +13,7 @@ from triton_compile import MAX_SHARED_BYTES, compile_only
 
 from moejit.int8 import quant as int8_quant
 from moejit.moe.triton_fp8 import _fused_moe_quantized
-from moejit.triton import align, fused_moe, quant
+from moejit.triton import align, configs, fused_moe, quant
 
 FP8 = torch.float8_e4m3fn
 META = dict(device="meta")
@@ -21,8 +21,8 @@ META = dict(device="meta")
 # (E, topk, K, N) at TP 1 unless named otherwise
 SHAPES = {"mixtral-8x7b": (8, 2, 4096, 14336), "qwen3.6-35b-a3b": (256, 8, 2048, 512),
           "deepseek-v3-tp8": (256, 8, 7168, 256)}
-# (dtype, shape, mode, M): M picks the heuristic's tile (rows per expert = M·topk/E: ≤16 → 16-row tiles,
-# ≤48 → 32, ≤160 → 64, more → 128), so each dtype meets its tile sizes and scale modes
+# (dtype, shape, mode, M): M picks the heuristic's tile (from the rows per expert, M·topk/E), so each dtype meets
+# its tile sizes and scale modes
 LAYER_CASES = [
     (FP8, "qwen3.6-35b-a3b", "token_channel", 4),
     (FP8, "qwen3.6-35b-a3b", "token_channel", 8192),
@@ -68,20 +68,19 @@ def test_layer_kernels_compile_for_hopper(compiled, dtype, shape, mode, m):
     names = [c.kernel for c in compiled]
     assert names.count("fused_moe_kernel") == 2 and "moe_sum_kernel" in names and "_align_place_kernel" in names
     gemm1 = next(c for c in compiled if c.kernel == "fused_moe_kernel")
-    assert gemm1.constexprs["SILU_MUL"] and gemm1.constexprs["BLOCK_SIZE_M"] == _expected_tile(shape, m)
+    assert gemm1.constexprs["SILU_MUL"] and gemm1.constexprs["BLOCK_SIZE_M"] == _heuristic_tile(shape, mode, m)
     for c in compiled:
         assert c.shared <= MAX_SHARED_BYTES, f"{c.kernel} {c.constexprs} needs {c.shared} B of shared memory"
 
 
-def _expected_tile(shape, m):
-    e, topk, _, _ = SHAPES[shape]
-    rows = m * topk / e
-    return 16 if rows <= 16 else 32 if rows <= 48 else 64 if rows <= 160 else 128
+def _heuristic_tile(shape, mode, m):
+    e, topk, k, n = SHAPES[shape]
+    return configs.heuristic_config(m, e, n, k, topk, (128, 128) if mode == "block" else None)["BLOCK_SIZE_M"]
 
 
 def test_cases_cover_every_tile_size_per_dtype():
     for dtype in (FP8, torch.int8):
-        tiles = {_expected_tile(shape, m) for d, shape, _, m in LAYER_CASES if d == dtype}
+        tiles = {_heuristic_tile(shape, mode, m) for d, shape, mode, m in LAYER_CASES if d == dtype}
         assert tiles >= ({16, 64, 128} if dtype == torch.int8 else {16, 32, 64, 128})
 
 
