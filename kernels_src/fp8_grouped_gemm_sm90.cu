@@ -32,7 +32,7 @@ void launch(sm90_fp8::GroupedGemmParams& p, const at::Tensor& like) {
   const uintptr_t base = reinterpret_cast<uintptr_t>(workspace.data_ptr());
   p.workspace = reinterpret_cast<void*>((base + 255) / 256 * 256);
   const char* err = sm90_fp8::run_grouped_gemm<C, O>(p);
-  MOEJIT_CHECK(err == nullptr, err ? err : "");
+  MOEJIT_CHECK(err == nullptr, "cutlass_fp8_grouped_mm: ", err ? err : "");
   MOEJIT_CUDA_LAUNCH_CHECK();
 }
 

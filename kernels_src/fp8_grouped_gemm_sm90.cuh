@@ -60,7 +60,8 @@ struct GroupedGemmParams {
 template <GemmConfig C, OutType O>
 size_t workspace_bytes(int num_experts, int sm_count);
 
-// Launches the setup kernel and the grouped GEMM. Returns nullptr on success, else a static error message.
+// Launches the setup kernel and the grouped GEMM. Returns nullptr on success, else a static error message (the
+// setup launch's own CUDA error string when that launch failed).
 template <GemmConfig C, OutType O>
 const char* run_grouped_gemm(const GroupedGemmParams& p);
 
@@ -305,19 +306,18 @@ const char* run_grouped_gemm(const GroupedGemmParams& p) {
       g, p.expert_offsets, static_cast<const typename G::ElementAB*>(p.a),
       static_cast<const typename G::ElementAB*>(p.b), static_cast<typename G::ElementD*>(p.out), p.a_scale,
       p.b_scale, p.a_per_row, p.b_per_col, p.num_experts, p.rows, p.n, p.k);
-  // a failed launch: stop here; the caller's launch check (launch() in the .cu) raises with CUDA's own message
-  if (cudaPeekAtLastError() != cudaSuccess) return nullptr;
+  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return cudaGetErrorString(e);
 
   auto args = make_arguments<G>(g, p);
   typename G::Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) {
-    return "cutlass_fp8_grouped_mm: CUTLASS cannot implement this problem (can_implement failed: N and K must be "
+    return "CUTLASS cannot implement this problem (can_implement failed: N and K must be "
            "multiples of 16 and every pointer 16-byte aligned)";
   }
   if (gemm.initialize(args, g.cutlass_workspace, p.stream) != cutlass::Status::kSuccess) {
-    return "cutlass_fp8_grouped_mm: CUTLASS initialize failed";
+    return "CUTLASS initialize failed";
   }
-  if (gemm.run(p.stream) != cutlass::Status::kSuccess) return "cutlass_fp8_grouped_mm: CUTLASS launch failed";
+  if (gemm.run(p.stream) != cutlass::Status::kSuccess) return "CUTLASS launch failed";
   return nullptr;
 }
 
