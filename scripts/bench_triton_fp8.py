@@ -70,6 +70,7 @@ def stage_fns(a, w1, w2, tw, ids, s1, s2):
     n = two_n // 2
     topk = ids.shape[1]
     cfg = configs.get_config(m, e, n, k, topk, _QUANT_NAMES[w1.dtype], "token_channel")
+    raw = {**cfg, "promote_every": 0}
     al = align_block_size(ids, e, cfg["BLOCK_SIZE_M"])
     aq, as_ = quantize_activations(a, per_token=True)
     inter = torch.empty(m * topk, n, dtype=a.dtype, device="cuda")
@@ -84,6 +85,11 @@ def stage_fns(a, w1, w2, tw, ids, s1, s2):
         "quant2": lambda: quantize_activations(inter, per_token=True, topk_ids=ids, num_experts=e),
         "gemm2": lambda: invoke_fused_moe_gemm(iq, w2, y, is_, s2, tw, al, 1, A_ROW, W_CHANNEL, cfg),
         "sum": lambda: moe_sum(y, ids, e, out),
+        # the same GEMMs without FP8 promotion: what the ~1% accuracy bound costs (not a usable setting: the layer's
+        # error then reaches ~1.6-2.4%, docs/triton_fp8.md)
+        "gemm1+silu unpromoted": lambda: invoke_fused_moe_gemm(aq, w1, inter, as_, s1, None, al, topk, A_ROW,
+                                                               W_CHANNEL, raw, silu_mul=True),
+        "gemm2 unpromoted": lambda: invoke_fused_moe_gemm(iq, w2, y, is_, s2, tw, al, 1, A_ROW, W_CHANNEL, raw),
     }
 
 
@@ -93,7 +99,8 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="model names to run (default: all three)")
-    ap.add_argument("--breakdown", action="store_true", help="also time each stage separately")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time each stage separately, and the GEMMs without FP8 promotion (its cost)")
     ap.add_argument("--align", action="store_true", help="time the block alignment alone over M and E")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--json", help="write the results here")
