@@ -5,6 +5,8 @@
 #                        file's weight cache lives on one worker and is dropped when the file ends:
 #                        -m gpu -n 4 --dist loadfile --timeout 300 tests)
 #   MOEJIT_SUITE_BENCH   extra args for the smoke benchmark (default: a short mixtral sweep); "skip" to skip
+#   MOEJIT_SUITE_TIMEOUT seconds for the whole pytest run (default 0: none); at the limit pytest gets SIGINT, so it
+#                        still prints the failures and the summary of what ran (a device command has 600 s)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
@@ -42,7 +44,7 @@ PY
 
 echo "== GPU tests ==" | tee "$LOG/tests.log"
 # thread method: a test stuck in a hung kernel is reported and stopped (the signal method cannot interrupt C code)
-python3 -m pytest -rs -q --timeout-method=thread ${MOEJIT_SUITE_TESTS:--m gpu -n 4 --dist loadfile --timeout 300 tests} 2>&1 \
+timeout -s INT -k 30 "${MOEJIT_SUITE_TIMEOUT:-0}" python3 -m pytest -rs -q --timeout-method=thread ${MOEJIT_SUITE_TESTS:--m gpu -n 4 --dist loadfile --timeout 300 tests} 2>&1 \
   | tee -a "$LOG/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
