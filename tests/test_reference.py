@@ -54,3 +54,19 @@ def test_fp8_quant_ref_modes(seeded):
             assert rel_error(back, x) < 0.05  # e4m3 keeps 3 mantissa bits: ~2-3% rms error
     q, s = fp8_quant_ref(torch.zeros(4, 8))
     assert torch.isfinite(s).all() and (q.float() == 0).all()
+
+
+def test_moe_fp8_ref_every_slot_dropped(seeded):
+    """Every topk id out of range (all slots dropped, e.g. under expert parallelism): the per-token intermediate
+    has zero rows and the output is zero, for every activation mode (first seen failing on an H200 run)."""
+    from moejit.reference import moe_fp8_ref, quantize_weights_fp8_ref
+
+    m, k, n, e, topk = 5, 32, 16, 4, 1
+    a = torch.randn(m, k, generator=seeded)
+    w1_q, s1 = quantize_weights_fp8_ref(torch.randn(e, 2 * n, k, generator=seeded), per_out_ch=True)
+    w2_q, s2 = quantize_weights_fp8_ref(torch.randn(e, k, n, generator=seeded), per_out_ch=True)
+    ids = torch.full((m, topk), -1, dtype=torch.int32)
+    w = torch.rand(m, topk, generator=seeded)
+    for per_token in (False, True):
+        out = moe_fp8_ref(a, w1_q, w2_q, w, ids, s1, s2, per_act_token=per_token)
+        assert out.shape == (m, k) and (out == 0).all()

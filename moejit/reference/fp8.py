@@ -35,7 +35,8 @@ def fp8_quant_ref(x: torch.Tensor, scale: torch.Tensor | None = None, per_token:
     if per_token:
         s = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
     else:
-        s = (xf.abs().amax() / FP8_MAX).clamp(min=MIN_SCALE).reshape(1)
+        amax = xf.abs().amax() if xf.numel() else xf.new_zeros(())  # no rows: the smallest scale, as on device
+        s = (amax / FP8_MAX).clamp(min=MIN_SCALE).reshape(1)
     q = (xf / s).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, s
 
@@ -46,7 +47,8 @@ def fp8_dequant_ref(q: torch.Tensor, scale: torch.Tensor, group_size: int | None
     if group_size is not None:
         m, k = qf.shape
         return (qf.reshape(m, k // group_size, group_size) * scale.float()[..., None]).reshape(m, k)
-    return qf * scale.float().reshape(-1, 1) if scale.numel() > 1 else qf * scale.float().reshape(())
+    # one scale: per tensor (or a single row); otherwise one per row, also for zero rows (every slot dropped)
+    return qf * scale.float().reshape(()) if scale.numel() == 1 else qf * scale.float().reshape(-1, 1)
 
 
 def quantize_weights_fp8_ref(w: torch.Tensor, per_out_ch: bool = False, block_shape: tuple[int, int] | None = None):
