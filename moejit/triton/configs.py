@@ -93,7 +93,7 @@ def heuristic_config(m: int, e: int, n: int, k: int, topk: int, block_shape: tup
     Few rows per expert: the layer streams weights, so small M tiles and enough N tiles to fill the GPU; many rows:
     128×128 tiles, grouped ordering for L2 reuse of the weights, 8 warps."""
     rows = m * topk / max(e, 1)
-    if rows <= 16:
+    if rows < 16:  # at 16 rows (Mixtral M=64) moejit tune on an H200 found the next config 1.28x faster
         cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
     elif rows <= 48:
         cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=128, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
