@@ -84,6 +84,29 @@ def test_cases_cover_every_tile_size_per_dtype():
         assert tiles >= ({16, 64, 128} if dtype == torch.int8 else {16, 32, 64, 128})
 
 
+# (shape, M): the hybrid layer's tiles (heuristic with per-K-block scales), one super group (K = 2048) and two
+# (Mixtral's GEMM2: K = 14336 = 112 blocks > 65)
+HYBRID_CASES = [("qwen3.6-35b-a3b", 4), ("qwen3.6-35b-a3b", 1024), ("qwen3.6-35b-a3b", 8192), ("mixtral-8x7b", 4),
+                ("mixtral-8x7b", 512)]
+
+
+@pytest.mark.parametrize("shape, m", HYBRID_CASES)
+def test_int8_hybrid_layer_kernels_compile_for_hopper(compiled, monkeypatch, shape, m):
+    from moejit.int8.format import HybridFormat
+    from moejit.moe.triton_int8 import _fused_moe_hybrid
+
+    monkeypatch.setattr(int8_quant, "_interpreting", lambda: True)  # lets the quantizers take meta tensors
+    a, w1, w2, (tw, ids), s1, s2 = _layer_inputs(torch.int8, shape, "token_channel", m)
+    out = _fused_moe_hybrid(a, w1, w2, s1, s2, tw, ids, HybridFormat(128, 256, 16))
+    assert out.shape == a.shape
+    gemms = [c for c in compiled if c.kernel == "fused_moe_kernel"]
+    assert len(gemms) == 2 and all(c.constexprs["A_MODE"] == fused_moe.A_HYBRID for c in gemms)
+    assert gemms[0].constexprs["SILU_MUL"] and gemms[0].constexprs["ONE_GROUP"]
+    assert gemms[1].constexprs["ONE_GROUP"] == (shape != "mixtral-8x7b")
+    for c in compiled:
+        assert c.shared <= MAX_SHARED_BYTES, f"{c.kernel} {c.constexprs} needs {c.shared} B of shared memory"
+
+
 @pytest.mark.parametrize("variant", ["plain", "permute", "silu"])
 @pytest.mark.parametrize("k", [2048, 7168])
 def test_int8_hybrid_quantizers_compile_for_hopper(compiled, monkeypatch, variant, k):

@@ -212,3 +212,53 @@ def test_interp_int8_layer_matches_the_exact_reference(seeded, mode):
     ref = moe_int8_w8a8_ref(a, q1, q2, tw, ids, s1, s2, per_act_token=per_token, block_shape=block)
     assert out.dtype == torch.float16 and out.shape == a.shape
     assert rel_error(out, ref) < 5e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The INT8 hybrid (Q/F) layer on the same kernels (moejit.ops.triton_moe_int8_hybrid)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _hybrid_inputs(gen, m=5, k=256, n=128, e=4, topk=2):
+    from moejit.moe.weights import quantize_weights_int8
+
+    a = torch.randn(m, k, generator=gen).to(torch.float16)
+    w1 = torch.randn(e, 2 * n, k, generator=gen) / k ** 0.5
+    w2 = torch.randn(e, k, n, generator=gen) / n ** 0.5
+    (q1, s1), (q2, s2) = quantize_weights_int8(w1), quantize_weights_int8(w2)
+    ids = torch.stack([torch.randperm(e, generator=gen)[:topk] for _ in range(m)]).int()
+    tw = torch.softmax(torch.randn(m, topk, generator=gen), dim=-1)
+    return a, (w1, w2), (q1, s1, q2, s2), tw, ids
+
+
+@pytest.mark.skipif(INTERP, reason="plain CPU test")
+def test_hybrid_layer_validation_and_export(seeded):
+    import moejit.ops
+    from moejit.moe.triton_int8 import triton_moe_int8_hybrid
+
+    assert moejit.ops.triton_moe_int8_hybrid is triton_moe_int8_hybrid and triton_moe_int8_hybrid.__doc__
+    a, _, (q1, s1, q2, s2), tw, ids = _hybrid_inputs(seeded)
+    with pytest.raises(MoejitInputError, match="block_size >= 32"):
+        triton_moe_int8_hybrid(a, q1, q2, s1, s2, tw, ids, block_size=16)
+    with pytest.raises(MoejitInputError, match="CUDA"):
+        triton_moe_int8_hybrid(a, q1, q2, s1, s2, tw, ids)
+
+
+@interp_only
+@pytest.mark.parametrize("block, super_group, block_k", [(128, 256, 128), (64, 2, 32), (64, 1, 64)])
+def test_interp_int8_hybrid_layer_matches_the_exact_reference(seeded, block, super_group, block_k):
+    """Q per K-block in int32 and F per super group: one super group (128, 256), several with K steps inside a Q
+    block (64, 2, steps of 32) and one block per group (64, 1). Against the float32 reference of the exact Q/F
+    quantization; only the fp16 roundings of the intermediate and of the per-slot outputs differ (a kernel that
+    skipped Q, or kept a super group's sum after folding it, is off by O(1))."""
+    from moejit.int8.format import HybridFormat
+    from moejit.moe.triton_int8 import _fused_moe_hybrid
+    from moejit.reference import moe_int8_hybrid_fused_ref
+
+    a, (w1, w2), (q1, s1, q2, s2), tw, ids = _hybrid_inputs(seeded)
+    ids[1, 0] = -1  # a dropped slot
+    cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=block_k, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
+    out = _fused_moe_hybrid(a, q1, q2, s1, s2, tw, ids, HybridFormat(block, super_group, 16), config=cfg)
+    ref = moe_int8_hybrid_fused_ref(a, q1, q2, s1, s2, tw, ids, block, super_group, 16)
+    assert out.dtype == torch.float16 and out.shape == a.shape
+    assert rel_error(out, ref) < 5e-3
+    assert rel_error(ref, moe_ref(a, w1, w2, tw, ids)) < 0.08

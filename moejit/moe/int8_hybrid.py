@@ -97,6 +97,25 @@ def _channel_scale(name: str, scale, num_experts: int, n_out: int) -> torch.Tens
                            f"(or [E] per expert), got shape {shape}")
 
 
+def check_hybrid_layer(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_ids, fmt: HybridFormat):
+    """The argument checks of both hybrid layers (this runner and :func:`moejit.ops.triton_moe_int8_hybrid`).
+    Returns ``(shape, K, w13_scale [E, 2N], w2_scale [E, K])`` with the scales made contiguous per channel."""
+    # Imported here, not at the top: moejit.ops re-exports this module (see moejit.int8.quant).
+    from moejit.moe import checks
+    from moejit.ops import _validate
+
+    shape = checks.check_moe_weights(hidden, w13_q, w2_q, checks.INT8)
+    num_experts, k, n = shape.num_experts, shape.k, shape.n
+    checks.check_routing(hidden, topk_weights, topk_ids, num_experts)
+    if k % fmt.block_size or n % fmt.block_size:
+        raise MoejitInputError(f"hidden size K = {k} and intermediate size N = {n} must be multiples of "
+                               f"block_size {fmt.block_size}")
+    w13_s = _channel_scale("w13_scale", w13_scale, num_experts, 2 * n)
+    w2_s = _channel_scale("w2_scale", w2_scale, num_experts, k)
+    _validate.check_same_device(hidden=hidden, w13_scale=w13_s, w2_scale=w2_s)
+    return shape, k, w13_s, w2_s
+
+
 def cutlass_moe_int8_hybrid(hidden: torch.Tensor, w13_q: torch.Tensor, w2_q: torch.Tensor,
                             w13_scale: torch.Tensor, w2_scale: torch.Tensor, topk_weights: torch.Tensor,
                             topk_ids: torch.Tensor, *, block_size: int = 128, super_group_size: int = 256,
@@ -118,20 +137,8 @@ def cutlass_moe_int8_hybrid(hidden: torch.Tensor, w13_q: torch.Tensor, w2_q: tor
     Returns ``[M, K]`` in ``hidden.dtype``. Nothing synchronizes with the host (the id range check of
     :mod:`moejit.moe.checks` runs only in eager mode), so the layer captures into CUDA graphs.
     """
-    # Imported here, not at the top: moejit.ops re-exports this module (see moejit.int8.quant).
-    from moejit.moe import checks
-    from moejit.ops import _validate
-
     fmt = HybridFormat(block_size, super_group_size, q_max)
-    shape = checks.check_moe_weights(hidden, w13_q, w2_q, checks.INT8)
-    num_experts, k, n = shape.num_experts, shape.k, shape.n
-    checks.check_routing(hidden, topk_weights, topk_ids, num_experts)
-    if k % block_size or n % block_size:
-        raise MoejitInputError(f"hidden size K = {k} and intermediate size N = {n} must be multiples of "
-                               f"block_size {block_size}")
-    w13_s = _channel_scale("w13_scale", w13_scale, num_experts, 2 * n)
-    w2_s = _channel_scale("w2_scale", w2_scale, num_experts, k)
-    _validate.check_same_device(hidden=hidden, w13_scale=w13_s, w2_scale=w2_s)
+    _, k, w13_s, w2_s = check_hybrid_layer(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_ids, fmt)
     fused_silu, fused_perm = resolve_switches(fused_silu_quant, fused_permute_quant)
 
     m = hidden.shape[0]

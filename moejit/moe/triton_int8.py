@@ -76,4 +76,70 @@ def triton_moe_int8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
                                 per_act_token, per_out_ch, block_shape, out_dtype)
 
 
-__all__ = ["triton_moe_int8"]
+def triton_moe_int8_hybrid(hidden: torch.Tensor, w13_q: torch.Tensor, w2_q: torch.Tensor, w13_scale: torch.Tensor,
+                           w2_scale: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, *,
+                           block_size: int = 128, super_group_size: int = 256, q_max: int = 16) -> torch.Tensor:
+    """The INT8 hybrid blockwise (Q/F) MoE layer on the Triton fused kernels: the arguments, format and result of
+    :func:`moejit.ops.cutlass_moe_int8_hybrid`, the pipeline of :func:`triton_moe_int8`.
+
+    Pipeline (nothing synchronizes with the host; CUDA-graph capturable)::
+
+        align topk_ids → slots sorted by expert, padded per expert to BLOCK_SIZE_M   (moejit.triton.align)
+        hidden [M, K] → Q/F                                  (moejit.ops.int8_hybrid_quant: M rows, not M·topk)
+        GEMM1 [M·topk, N] = silu(gate)·up of the gathered rows, Q per K-block in int32, F per super group
+        intermediate → Q/F                                   (moejit.ops.int8_hybrid_quant)
+        GEMM2 [M·topk, K] · router weight, then the top-k sum over the live slots
+
+    Where the CUTLASS runner rounds GEMM1's ``[gate ‖ up]`` to ``hidden.dtype`` before SiLU, this layer takes
+    SiLU·mul of the float32 accumulators and rounds its output (as the FP8 and W8A8 Triton layers): its exact
+    reference is :func:`moejit.reference.moe_int8_hybrid_fused_ref`. The int32 sums cannot overflow: the super
+    group is the format's effective one (:mod:`moejit.int8.format`). Kernel configs come from the ``int8_w8a8``
+    tables of quantization mode ``hybrid`` when there are any, else the shape heuristic; BLOCK_SIZE_K is at most
+    ``block_size``. Works on compute capability 8.0 and newer (wgmma on sm_90).
+
+    Returns ``[M, K]`` in ``hidden.dtype``. Raises :class:`moejit.errors.MoejitInputError` on bad input.
+    """
+    from moejit.int8.format import HybridFormat
+    from moejit.moe.int8_hybrid import check_hybrid_layer
+
+    fmt = HybridFormat(block_size, super_group_size, q_max)
+    if block_size < 32:  # one K step lies inside one Q block, and an 8-bit tl.dot needs K >= 32
+        raise MoejitInputError(f"triton_moe_int8_hybrid needs block_size >= 32, got {block_size}")
+    _, k, w13_s, w2_s = check_hybrid_layer(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_ids, fmt)
+    _check_capability(hidden)
+    if hidden.shape[0] == 0:
+        return hidden.new_empty((0, k))
+    return _fused_moe_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, topk_weights.contiguous(), topk_ids, fmt)
+
+
+def _fused_moe_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, topk_weights, topk_ids, fmt, config=None):
+    """:func:`triton_moe_int8_hybrid` after validation (``w13_s [E, 2N]``, ``w2_s [E, K]``, M > 0); the interpreter
+    tests call it with a fixed ``config``."""
+    from moejit.int8.quant import int8_hybrid_quant
+    from moejit.triton import configs
+    from moejit.triton.align import align_block_size
+    from moejit.triton.fused_moe import A_HYBRID, W_CHANNEL, invoke_fused_moe_gemm, moe_sum
+
+    m, k = hidden.shape
+    e, two_n, _ = w13_q.shape
+    n = two_n // 2
+    topk = topk_ids.shape[1]
+    b, s, qm = fmt.block_size, fmt.super_group_size, fmt.q_max
+    if config is None:
+        # per-K-block scales: the block-scale shapes of the heuristic (BLOCK_SIZE_K <= B, spill-free tiles)
+        config = configs.get_config(m, e, n, k, topk, "int8_w8a8", "hybrid", block_shape=(b, b))
+    hybrid = (b, fmt.s_eff)
+    align = align_block_size(topk_ids, e, config["BLOCK_SIZE_M"])
+    a_q, a_qs, a_f = int8_hybrid_quant(hidden, b, s, qm)
+    inter = torch.empty((m * topk, n), dtype=hidden.dtype, device=hidden.device)
+    invoke_fused_moe_gemm(a_q, w13_q, inter, a_qs, w13_s, None, align, topk, A_HYBRID, W_CHANNEL, config,
+                          silu_mul=True, a_f=a_f, hybrid=hybrid)
+    # rows of dropped slots are unwritten: quantized to garbage Q/F that GEMM2 never reads
+    i_q, i_qs, i_f = int8_hybrid_quant(inter, b, s, qm)
+    y = torch.empty((m * topk, k), dtype=hidden.dtype, device=hidden.device)
+    invoke_fused_moe_gemm(i_q, w2_q, y, i_qs, w2_s, topk_weights, align, 1, A_HYBRID, W_CHANNEL, config,
+                          a_f=i_f, hybrid=hybrid)
+    return moe_sum(y, topk_ids, e, torch.empty((m, k), dtype=hidden.dtype, device=hidden.device))
+
+
+__all__ = ["triton_moe_int8", "triton_moe_int8_hybrid"]

@@ -202,6 +202,18 @@ def moe_int8_hybrid_ref(a, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_
                         super_group_size, q_max, fused_silu_quant)
 
 
+def moe_int8_hybrid_fused_ref(a, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_ids, block_size: int = 128,
+                              super_group_size: int = 256, q_max: int = 16):
+    """The hybrid INT8 MoE layer on the Triton fused kernels (``moejit.ops.triton_moe_int8_hybrid``) in float32,
+    simulating its exact Q/F quantization: as :func:`moe_int8_hybrid_ref`, but SiLU·mul takes GEMM1's float32
+    result and its output is rounded to ``a.dtype`` (GEMM1 fuses SiLU and stores the intermediate)."""
+    def qdq(x):
+        return int8_act_qdq_ref(x, "hybrid", block_size, super_group_size, q_max)
+
+    return moe_qdq_ref(a, w13_q, w2_q, topk_weights, topk_ids, w13_scale, w2_scale, qdq, qdq, round_gemm1=False,
+                       round_inter=True, round_gemm2=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # INT8 W8A8 (the Triton INT8 layer, moejit.ops.triton_moe_int8): round half to even, scales · fl(1/127)
 # ---------------------------------------------------------------------------------------------------------------
