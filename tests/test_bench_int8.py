@@ -174,7 +174,7 @@ def test_dry_run_prints_the_plan():
                                        "--batch-sizes", "64", "512", "2048", "8192", "--hidden", "1024"])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "48 cells" in out and "mixtral-8x7b" in out and "8/2/4096/14336" in out
+    assert "56 cells" in out and "mixtral-8x7b" in out and "8/2/4096/14336" in out  # 2 models × 4 M × 7 backends
     assert "S_eff=65" in out and "--hidden ignored with --models" in out
     for name in BACKEND_NAMES:
         assert name in out
@@ -200,7 +200,7 @@ def test_weight_bytes_and_stage_names():
 
 
 def test_backends_catalogue():
-    assert BACKEND_NAMES[:4] == ("hybrid", "cutlass-pt", "triton", "triton-block")
+    assert BACKEND_NAMES[:5] == ("hybrid", "cutlass-pt", "triton", "triton-block", "triton-hybrid")
     with pytest.raises(Exception, match="unknown backend"):
         get_int8_backends(["nope"], Int8Params())
     fp8 = {s.name: s for s in SPECS}

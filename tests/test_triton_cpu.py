@@ -164,17 +164,20 @@ def test_tune_mode_args_and_cli():
     from moejit.cli import main
     from moejit.triton.tune import QUANT_MODES, _mode_args
 
-    assert _mode_args("token_channel") == (True, True, None)
-    assert _mode_args("tensor_tensor") == (False, False, None)
-    assert _mode_args("block128x128") == (False, False, (128, 128))
+    assert _mode_args("token_channel") == (True, True, None, False)
+    assert _mode_args("tensor_tensor") == (False, False, None, False)
+    assert _mode_args("block128x128") == (False, False, (128, 128), False)
+    assert _mode_args("hybrid") == (False, True, (128, 128), True)  # per-channel weights, K tiles inside a Q block
     for mode in QUANT_MODES:
-        per_token, per_ch, block = _mode_args(mode)
-        assert configs.quant_mode(per_token, per_ch, block) == mode
+        per_token, per_ch, block, hybrid = _mode_args(mode)
+        assert hybrid or configs.quant_mode(per_token, per_ch, block) == mode
     result = CliRunner().invoke(main, ["tune", "--help"])
     assert result.exit_code == 0 and "--batch-sizes" in result.output and "--shape" in result.output
     if not torch.cuda.is_available():
         result = CliRunner().invoke(main, ["tune", "--shape", "8,2,128,128", "--batch-sizes", "1"])
         assert result.exit_code != 0 and "needs a CUDA GPU" in result.output
+    result = CliRunner().invoke(main, ["tune", "--shape", "8,2,128,128", "--quant", "hybrid"])
+    assert result.exit_code != 0 and "INT8 only" in result.output
 
 
 def test_write_table_roundtrip(tmp_path):

@@ -13,6 +13,9 @@ The shape heuristic's own config (:func:`moejit.triton.configs.heuristic_config`
 table) is always timed too, so every table records how far the fallback is from the best (``_heuristic``: M →
 heuristic µs / best µs), and the log prints it.
 
+``--quant hybrid --dtype int8`` tunes :func:`moejit.ops.triton_moe_int8_hybrid` (INT8 hybrid Q/F activations,
+B = 128, S = 256, q_max = 16; BLOCK_SIZE_K at most B); its tables are keyed ``dtype=int8_w8a8,quant=hybrid``.
+
 That is ~20 configs per M (each a Triton compile of two GEMM variants plus a short timing), so a model's default
 batch sizes tune in minutes. Configs that fail to compile or run (shared memory, registers) are skipped. The table
 goes to ``<moejit cache>/triton_configs`` (searched by the layer before the shipped tables) and, with
@@ -24,13 +27,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
 from moejit.triton import configs as cfgs
 
 DEFAULT_BATCH_SIZES = (1, 4, 16, 64, 256, 1024, 2048, 4096, 8192)
-QUANT_MODES = ("token_channel", "tensor_tensor", "tensor_channel", "token_tensor", "block128x128")
+QUANT_MODES = ("token_channel", "tensor_tensor", "tensor_channel", "token_tensor", "block128x128", "hybrid")
+HYBRID = "hybrid"  # INT8 hybrid Q/F activations (B = 128, S = 256, q_max = 16) × per-channel weights: int8 only
 SMEM_LIMIT = 220 * 1024  # bytes of shared memory per CTA on Hopper (227 KB), with room for the epilogue
 
 try:  # the bench CLI's "--models a b c" parsing (several values after one flag); plain repeatable options otherwise
@@ -84,12 +89,24 @@ def refine_candidates(best: dict, block_shape=None) -> list[dict]:
     return out
 
 
-def _mode_args(mode: str):
+class ModeArgs(NamedTuple):
+    """A quantization mode as the layer's arguments. ``block`` is the block shape the tiles must respect: the
+    weights' for block scales; for ``hybrid`` the Q block along K (weights are per channel there)."""
+
+    per_token: bool
+    per_ch: bool
+    block: tuple[int, int] | None
+    hybrid: bool = False
+
+
+def _mode_args(mode: str) -> ModeArgs:
+    if mode == HYBRID:
+        return ModeArgs(False, True, (128, 128), True)
     if mode.startswith("block"):
         bn, bk = (int(x) for x in mode[len("block"):].split("x"))
-        return False, False, (bn, bk)
+        return ModeArgs(False, False, (bn, bk))
     act, w = mode.split("_")
-    return act == "token", w == "channel", None
+    return ModeArgs(act == "token", w == "channel", None)
 
 
 def _make_inputs(e, topk, k, n, m, per_out_ch, block_shape, q_dtype, gen):
@@ -121,9 +138,15 @@ def time_config(inputs, mode_args, cfg, iters: int) -> float | None:
     from moejit.moe.triton_fp8 import _fused_moe_quantized
 
     a, w1, w2, tw, ids, s1, s2 = inputs
-    per_token, per_ch, block = mode_args
-    fn = lambda: _fused_moe_quantized(a, w1, w2, tw, ids, s1, s2, None, None, per_token, per_ch, block,  # noqa
-                                      a.dtype, cfg)
+    per_token, per_ch, block, hybrid = mode_args
+    if hybrid:
+        from moejit.int8.format import HybridFormat
+        from moejit.moe.triton_int8 import _fused_moe_hybrid
+
+        fn = lambda: _fused_moe_hybrid(a, w1, w2, s1, s2, tw, ids, HybridFormat(), cfg)  # noqa: E731
+    else:
+        fn = lambda: _fused_moe_quantized(a, w1, w2, tw, ids, s1, s2, None, None, per_token, per_ch,  # noqa
+                                          block, a.dtype, cfg)
     try:
         return time_cuda_graph(fn, ops_per_graph=10, warmup=2, iters=iters).median_us
     except Exception as exc:  # noqa: BLE001 - out of shared memory / registers: skip the config
@@ -189,7 +212,8 @@ def _gpu_inputs(e, topk, k, n, mode_args, q_dtype):
 
     def make(m, previous):
         if previous is None:
-            return _make_inputs(e, topk, k, n, m, mode_args[1], mode_args[2], q_dtype, gen)
+            weight_blocks = None if mode_args.hybrid else mode_args.block
+            return _make_inputs(e, topk, k, n, m, mode_args.per_ch, weight_blocks, q_dtype, gen)
         a = torch.randn(m, k, device="cuda", generator=gen, dtype=torch.bfloat16)
         tw, ids = torch.topk(torch.softmax(torch.randn(m, e, device="cuda", generator=gen), -1), topk, dim=-1)
         return (a, previous[1], previous[2], tw, ids.to(torch.int32), previous[5], previous[6])
@@ -225,6 +249,8 @@ def tune(models, tp_sizes, batch_sizes, shapes, quant_modes, qdtype, iters, outp
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console()
+    if HYBRID in quant_modes and qdtype != "int8":
+        raise click.BadParameter("the hybrid Q/F mode is INT8 only: add --dtype int8", param_hint="--quant")
     if not torch.cuda.is_available():
         raise click.ClickException("moejit tune needs a CUDA GPU")
     q_dtype = torch.float8_e4m3fn if qdtype == "fp8" else torch.int8

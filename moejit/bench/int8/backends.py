@@ -9,6 +9,7 @@ hybrid         ``cutlass_moe_int8_hybrid`` (the seed's runner; Q/F acts)   int8 
 cutlass-pt     CUTLASS INT8 grouped GEMMs, dynamic per-tensor activations  int8 per-channel sm_80+
 triton         ``triton_moe_int8``, per-token × per-channel (the baseline) int8 per-channel sm_80+
 triton-block   ``triton_moe_int8``, 1×128 act groups × 128×128 blocks      int8 128×128     sm_80+
+triton-hybrid  ``triton_moe_int8_hybrid`` (Q/F acts on the fused kernels)  int8 per-channel sm_80+
 cutlass-fp8    ``cutlass_moe_fp8``, per-token × per-channel                fp8 per-channel  sm_90 only
 triton-fp8     ``triton_moe_fp8``, per-token × per-channel                 fp8 per-channel  sm_89+
 =============  ==========================================================  ===============  =========
@@ -109,6 +110,9 @@ SPECS: tuple[BackendSpec, ...] = (
     BackendSpec("triton-block", "Triton INT8 block", INT8_BLOCK, "dynamic 1×128 groups", False, False,
                 ("moejit.ops:triton_moe_int8", "moejit.moe.triton_int8:triton_moe_int8"),
                 cc_reason="int8 tl.dot needs compute capability 8.0+"),
+    BackendSpec("triton-hybrid", "Triton INT8 hybrid", INT8_CHANNEL, "hybrid Q/F 1×B", False, True,
+                ("moejit.ops:triton_moe_int8_hybrid", "moejit.moe.triton_int8:triton_moe_int8_hybrid"),
+                cc_reason="int8 tl.dot needs compute capability 8.0+"),
     BackendSpec("cutlass-fp8", "CUTLASS FP8 tok×ch", FP8_CHANNEL, "dynamic per-token", True, True,
                 ("moejit.ops:cutlass_moe_fp8", "moejit.moe.cutlass_fp8:cutlass_moe_fp8"), (9, 0), (10, 0),
                 "the CUTLASS FP8 grouped GEMM is SM90 only"),
@@ -145,6 +149,10 @@ def make_call(spec: BackendSpec, fn, x, params: Int8Params) -> Callable[[], obje
         return lambda: fn(a, w1, w2, s1, s2, tw, ids, block_size=p.block_size, super_group_size=p.super_group_size,
                           q_max=p.q_max, fused_silu_quant=p.fused_silu_quant,
                           fused_permute_quant=p.fused_permute_quant)
+    if spec.name == "triton-hybrid":
+        p = params
+        return lambda: fn(a, w1, w2, s1, s2, tw, ids, block_size=p.block_size, super_group_size=p.super_group_size,
+                          q_max=p.q_max)
     if spec.name == "cutlass-pt":
         return lambda: fn(a, w1, w2, s1, s2, tw, ids)
     if spec.variant == INT8_BLOCK:
