@@ -83,7 +83,7 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
   MOEJIT_CHECK(out_dtype == at::kBFloat16 || out_dtype == at::kHalf || out_dtype == at::kFloat, op,
                ": out_dtype must be bfloat16, float16 or float32");
   MOEJIT_CHECK(config >= 0 && config < static_cast<int64_t>(GemmConfig::kNumConfigs), op, ": unknown config ",
-               config, " (0: swap16, 1: swap64, 2: coop128, 3: swap16n64)");
+               config, " (0: swap16, 1: swap64, 2: coop128)");
   for (const at::Tensor* t : {&b, &expert_offsets, &a_scale, &b_scale}) {
     MOEJIT_CHECK(t->device() == a.device(), op, ": all tensors must be on ", a.device());
   }
@@ -116,7 +116,6 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
   switch (static_cast<GemmConfig>(config)) {
     case GemmConfig::kSwap16: launch_config<GemmConfig::kSwap16>(out_type, p, a); break;
     case GemmConfig::kSwap64: launch_config<GemmConfig::kSwap64>(out_type, p, a); break;
-    case GemmConfig::kSwap16N64: launch_config<GemmConfig::kSwap16N64>(out_type, p, a); break;
     default: launch_config<GemmConfig::kCoop128>(out_type, p, a); break;
   }
   return out;

@@ -31,8 +31,7 @@ enum class GemmConfig : int {
   kSwap16 = 0,    // swapped, tile N×tokens = 128×16, ping-pong: decode (≤ ~8 rows per expert)
   kSwap64 = 1,    // swapped, tile 128×64, ping-pong: small batches (≤ ~64 rows per expert)
   kCoop128 = 2,   // plain, tile 128×128, cooperative, cluster 1×2 (A multicast): prefill
-  kSwap16N64 = 3,  // swapped, tile 64×16, ping-pong: decode of a narrow problem whose 128-row tiles fill < 2 waves
-  kNumConfigs = 4,
+  kNumConfigs = 3,
 };
 
 enum class OutType : int { kBF16 = 0, kFP16 = 1, kF32 = 2 };
@@ -99,17 +98,6 @@ template <>
 struct ConfigTraits<GemmConfig::kSwap16> {
   static constexpr bool kSwap = true;
   using TileShape = Shape<_128, _16, _128>;
-  using ClusterShape = Shape<_1, _1, _1>;
-  using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
-  using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
-};
-
-// Half the weight rows of kSwap16 per tile: twice the tiles, for decode problems with few 128-row tiles (Mixtral's
-// GEMM2: 32 tiles per expert × ~5 experts on 132 SMs is 1.3 waves, so most SMs idle through the second one).
-template <>
-struct ConfigTraits<GemmConfig::kSwap16N64> {
-  static constexpr bool kSwap = true;
-  using TileShape = Shape<_64, _16, _128>;
   using ClusterShape = Shape<_1, _1, _1>;
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
   using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;

@@ -14,7 +14,6 @@ import torch
 
 from moejit import ops
 from moejit.errors import MoejitInputError
-from moejit.ops.fp8 import GEMM_CONFIGS
 from moejit.reference import moe_fp8_ref, moe_ref, quantize_weights_fp8_ref, rel_error
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
@@ -116,7 +115,7 @@ def test_topk1_and_fp16(b_mode, seeded):
     _run(a, w, ids, e, k, n, "token", b_mode, gen)
 
 
-@pytest.mark.parametrize("config", GEMM_CONFIGS)
+@pytest.mark.parametrize("config", ["swap16", "swap64", "coop128"])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("a_per_row, b_per_col", [(False, False), (False, True), (True, False), (True, True)])
 def test_grouped_mm_every_config_and_scale_mode(config, out_dtype, a_per_row, b_per_col, seeded):
@@ -143,7 +142,7 @@ def test_grouped_mm_every_config_and_scale_mode(config, out_dtype, a_per_row, b_
         torch.testing.assert_close(out[lo:hi].float(), ref, rtol=1e-2, atol=1e-3 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("config", GEMM_CONFIGS)
+@pytest.mark.parametrize("config", ["swap16", "swap64", "coop128"])
 def test_grouped_mm_keeps_float32_accuracy_over_a_long_k(config, seeded):
     """K = 7168 with all-positive operands (sums grow with K, so an accumulator that drops low bits loses them
     steadily): the promoted accumulation stays within 1e-3 of float64, where Hopper's unpromoted FP8 accumulation

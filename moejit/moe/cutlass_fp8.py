@@ -49,7 +49,7 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
     """
     from moejit.moe.checks import FP8, check_quantized_moe
     from moejit.ops.common import moe_permute, moe_unpermute
-    from moejit.ops.fp8 import cutlass_fp8_grouped_mm, fp8_quant, grouped_mm_config, silu_mul_fp8_quant, sm_count
+    from moejit.ops.fp8 import cutlass_fp8_grouped_mm, fp8_quant, grouped_mm_config, silu_mul_fp8_quant
 
     shape, out_dtype = check_quantized_moe(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale,
                                            a2_scale, per_act_token=per_act_token, per_out_ch=per_out_ch,
@@ -70,9 +70,9 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
         a_s = a_s.reshape(-1)[sort_idx.long() // topk]
     total = rows.shape[0]
     inter = cutlass_fp8_grouped_mm(rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32,
-                                   config=grouped_mm_config(total, e, 2 * n, k, sm_count(a.device)))
+                                   config=grouped_mm_config(total, e, 2 * n, k))
     inter_q, inter_s = silu_mul_fp8_quant(inter, a2_scale, per_token=per_act_token, num_rows=offsets[e:],
                                           round_dtype=a.dtype)
     y = cutlass_fp8_grouped_mm(inter_q, w2_q, offsets, inter_s, w2_s, out_dtype=out_dtype,
-                               config=grouped_mm_config(total, e, k, n, sm_count(a.device)))
+                               config=grouped_mm_config(total, e, k, n))
     return moe_unpermute(y, topk_weights, inv_idx)

@@ -7,8 +7,6 @@ device only (no host synchronization) and captures into CUDA graphs. The module 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from moejit import registry
@@ -19,7 +17,7 @@ FP8 = torch.float8_e4m3fn
 _MODULE = "sm90_fp8"
 
 # Tile configurations of cutlass_fp8_grouped_mm, in the order of GemmConfig in fp8_grouped_gemm_sm90.cuh.
-GEMM_CONFIGS = ("swap16", "swap64", "coop128", "swap16n64")  # index = the C++ GemmConfig
+GEMM_CONFIGS = ("swap16", "swap64", "coop128")
 
 
 @registry.define("fp8_quant", module=_MODULE)
@@ -91,39 +89,15 @@ def silu_mul_fp8_quant(x: torch.Tensor, scale: torch.Tensor | None = None, per_t
                                              round_dtype if x.dtype == torch.float32 else None)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (host-side, cached); 132 (an H100/H200) where no GPU can be asked
-    (fake tensors on a machine without one)."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return 132
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
-def grouped_mm_config(rows: int, num_experts: int, n: int, k: int, sm_count: int = 132) -> str:
+def grouped_mm_config(rows: int, num_experts: int, n: int, k: int) -> str:
     """The tile configuration :func:`cutlass_fp8_grouped_mm` uses by default, from host-known sizes only.
 
     The mean rows per expert decides: up to 8, the swapped problem (Bᵀ·Aᵀ) with a 128(N)×16(tokens) tile; up to 32,
     swapped with a 128×64 tile (room for the spread of a router's counts: an expert whose rows need a second token
     tile streams its weights twice); above, the plain problem with cooperative 128×128 tiles in 1×2 clusters.
-
-    At decode sizes the GEMM streams weights, one tile per SM at a time, so the tile count sets how evenly the
-    SMs share the bytes. When the 128-row tiles of the experts the rows are expected to hit (uniform routing)
-    number fewer than two per SM (``sm_count``), the last wave leaves most SMs idle (Mixtral's GEMM2 at M = 4:
-    32 tiles × ~5 experts = 1.3 waves on 132 SMs), and ``swap16n64``'s 64-row tiles, twice as many, share the
-    bytes more evenly.
     """
-    rows = max(rows, 0)
-    mean_rows = -(-rows // max(num_experts, 1))
+    mean_rows = -(-max(rows, 0) // max(num_experts, 1))
     if mean_rows <= 8:
-        e = max(num_experts, 1)
-        experts_hit = e * (1.0 - (1.0 - 1.0 / e) ** rows)
-        if rows and -(-n // 128) * experts_hit < 2 * sm_count:
-            return "swap16n64"
         return "swap16"
     if mean_rows <= 32:
         return "swap64"
@@ -173,7 +147,7 @@ def cutlass_fp8_grouped_mm(a: torch.Tensor, b: torch.Tensor, expert_offsets: tor
     if out_dtype not in FLOAT16_TYPES + (torch.float32,):
         raise MoejitInputError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
     if config is None:
-        config = grouped_mm_config(rows, e, n, k, sm_count(a.device))
+        config = grouped_mm_config(rows, e, n, k)
     if config not in GEMM_CONFIGS:
         raise MoejitInputError(f"config must be one of {GEMM_CONFIGS}, got {config!r}")
     return registry.op("cutlass_fp8_grouped_mm")(a, b, expert_offsets, a_scale.contiguous(), b_scale.contiguous(),
