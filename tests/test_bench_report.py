@@ -141,3 +141,13 @@ def test_git_revision_outside_git_comes_from_the_environment(monkeypatch):
     assert report.git_revision() == "unknown"
     monkeypatch.setenv("MOEJIT_GIT_REV", "0123456789ab")
     assert report.git_revision() == "0123456789ab"
+
+
+def test_git_revision_prefers_the_environment_over_a_stale_git(monkeypatch):
+    """The GPU machine's copy may carry an older .git snapshot than its files: $MOEJIT_GIT_REV wins when set (seen:
+    an H200 run labelled with the session's starting commit)."""
+    monkeypatch.setattr(report, "_run", lambda *a, **k: "85e757504dc1")
+    monkeypatch.setenv("MOEJIT_GIT_REV", "f8b6be3")
+    assert report.git_revision() == "f8b6be3"
+    monkeypatch.delenv("MOEJIT_GIT_REV")
+    assert report.git_revision().startswith("85e757504dc1")

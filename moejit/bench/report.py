@@ -38,13 +38,16 @@ def _run(cmd: Sequence[str], cwd: str | None = None) -> str:
 
 
 def git_revision() -> str:
-    """``<commit>`` of the moejit checkout, ``+dirty`` when it has uncommitted changes; outside git (a copy of the
-    tree on a GPU machine, say) ``$MOEJIT_GIT_REV`` when set, else ``unknown``."""
+    """``$MOEJIT_GIT_REV`` when set (a copy of the tree on a GPU machine, whose ``.git``, if any, may be an older
+    snapshot than its files), else ``<commit>`` of the moejit checkout with ``+dirty`` when it has uncommitted
+    changes, else ``unknown``."""
     from moejit.jit.paths import REPO_DIR
 
+    if os.environ.get("MOEJIT_GIT_REV"):
+        return os.environ["MOEJIT_GIT_REV"]
     rev = _run(["git", "rev-parse", "--short=12", "HEAD"], cwd=str(REPO_DIR))
     if not rev:
-        return os.environ.get("MOEJIT_GIT_REV") or "unknown"
+        return "unknown"
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=str(REPO_DIR))
     return rev + ("+dirty" if dirty else "")
 
