@@ -27,7 +27,8 @@ import torch
 
 from moejit.errors import MoejitInputError
 from moejit.reference.fp8 import FP8_DTYPE, FP8_MAX, MIN_SCALE
-from moejit.reference.int8 import INT8_MAX, _div, _to_int8, w8a8_round_ref, w8a8_scale_ref
+from moejit.reference.core import div_ieee
+from moejit.reference.int8 import INT8_MAX, _to_int8, w8a8_round_ref, w8a8_scale_ref
 
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -73,7 +74,7 @@ def _quantize_experts(w: torch.Tensor, per_out_ch: bool, block_shape, qdtype: to
 
 
 def _fp8_scale(amax: torch.Tensor) -> torch.Tensor:
-    return _div(amax, FP8_MAX).clamp(min=MIN_SCALE)  # an IEEE division on every device
+    return div_ieee(amax, FP8_MAX).clamp(min=MIN_SCALE)  # an IEEE division on every device
 
 
 def _fp8_cast(v: torch.Tensor) -> torch.Tensor:
@@ -120,7 +121,7 @@ def quantize_weights_int8_w8a8(w: torch.Tensor, per_out_ch: bool = True,
 
 
 def _int8_channel_scale(amax: torch.Tensor) -> torch.Tensor:
-    return _div(amax, INT8_MAX).clamp(min=MIN_SCALE)
+    return div_ieee(amax, INT8_MAX).clamp(min=MIN_SCALE)
 
 
 def quantize_weights_int8(w: torch.Tensor):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from moejit.reference.core import moe_qdq_ref
+from moejit.reference.core import div_ieee, moe_qdq_ref
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -19,7 +19,8 @@ def fp8_quant_ref(x: torch.Tensor, scale: torch.Tensor | None = None, per_token:
     - ``per_token``: dynamic, one scale per row, ``[M, 1]``.
     - ``group_size``: dynamic 1×group_size groups along K, ``[M, K/group_size]`` (DeepSeek-style activations).
     - otherwise: dynamic per-tensor, ``amax / 448``.
-    Dynamic scales are ``max(amax / 448, 1e-12)``. Returns ``(q fp8, scale float32)``.
+    Dynamic scales are ``max(amax / 448, 1e-12)`` with an IEEE division on every device (as the kernels).
+    Returns ``(q fp8, scale float32)``.
     """
     xf = x.float()
     if scale is not None:
@@ -29,14 +30,14 @@ def fp8_quant_ref(x: torch.Tensor, scale: torch.Tensor | None = None, per_token:
     if group_size is not None:
         m, k = xf.shape
         g = xf.reshape(m, k // group_size, group_size)
-        s = (g.abs().amax(dim=-1) / FP8_MAX).clamp(min=MIN_SCALE)
+        s = div_ieee(g.abs().amax(dim=-1), FP8_MAX).clamp(min=MIN_SCALE)
         q = (g / s[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).reshape(m, k)
         return q, s
     if per_token:
-        s = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
+        s = div_ieee(xf.abs().amax(dim=-1, keepdim=True), FP8_MAX).clamp(min=MIN_SCALE)
     else:
         amax = xf.abs().amax() if xf.numel() else xf.new_zeros(())  # no rows: the smallest scale, as on device
-        s = (amax / FP8_MAX).clamp(min=MIN_SCALE).reshape(1)
+        s = div_ieee(amax, FP8_MAX).clamp(min=MIN_SCALE).reshape(1)
     q = (xf / s).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, s
 
@@ -59,13 +60,13 @@ def quantize_weights_fp8_ref(w: torch.Tensor, per_out_ch: bool = False, block_sh
     if block_shape is not None:
         bn, bk = block_shape
         blocks = wf.reshape(e, n // bn, bn, k // bk, bk)
-        s = (blocks.abs().amax(dim=(2, 4)) / FP8_MAX).clamp(min=MIN_SCALE)
+        s = div_ieee(blocks.abs().amax(dim=(2, 4)), FP8_MAX).clamp(min=MIN_SCALE)
         q = (blocks / s[:, :, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).reshape(e, n, k)
         return q, s
     if per_out_ch:
-        s = (wf.abs().amax(dim=-1) / FP8_MAX).clamp(min=MIN_SCALE)
+        s = div_ieee(wf.abs().amax(dim=-1), FP8_MAX).clamp(min=MIN_SCALE)
         return (wf / s[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), s
-    s = (wf.abs().amax(dim=(1, 2)) / FP8_MAX).clamp(min=MIN_SCALE)
+    s = div_ieee(wf.abs().amax(dim=(1, 2)), FP8_MAX).clamp(min=MIN_SCALE)
     return (wf / s[:, None, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), s
 
 

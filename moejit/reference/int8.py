@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from moejit.int8.format import INT8_MAX, INT32_MAX, HybridFormat
-from moejit.reference.core import moe_qdq_ref
+from moejit.reference.core import div_ieee, moe_qdq_ref
 
 MIN_SCALE = 1e-12  # per-tensor / per-token / per-channel / per-block: an all-zero scope gets this scale
 
@@ -22,12 +22,6 @@ def round_half_away_ref(v: torch.Tensor) -> torch.Tensor:
     """Round float32 ``v`` to the nearest integer, ties away from zero (exact for |v| < 2²³)."""
     t = torch.trunc(v)
     return t + torch.sign(v) * ((v - t).abs() >= 0.5).to(v.dtype)
-
-
-def _div(x: torch.Tensor, d: float) -> torch.Tensor:
-    """``x / d`` as an IEEE float32 division on every device (CUDA torch multiplies by the reciprocal of a Python
-    scalar divisor, which can differ in the last bit)."""
-    return x / torch.full_like(x, d)
 
 
 def _to_int8(v: torch.Tensor) -> torch.Tensor:
@@ -54,7 +48,7 @@ def int8_hybrid_quant_ref(x: torch.Tensor, block_size: int = 128, super_group_si
     padded = torch.zeros((t, g * s), dtype=torch.float32, device=x.device)
     padded[:, :nb] = amax
     gmax = padded.reshape(t, g, s).amax(dim=-1)                                   # [T, G]
-    f = _div(gmax, float(INT8_MAX * q_max))
+    f = div_ieee(gmax, float(INT8_MAX * q_max))
     f_blk = f.repeat_interleave(s, dim=1)[:, :nb]                                  # [T, nb]
     live = f_blk > 0
     denom = torch.where(live, f_blk * float(INT8_MAX), torch.ones_like(f_blk))
@@ -128,9 +122,9 @@ def int8_quant_ref(x: torch.Tensor, per_token: bool = False, scale: torch.Tensor
     if scale is not None:
         s = scale.float().reshape(1)
     elif per_token:
-        s = _div(xf.abs().amax(dim=-1, keepdim=True), INT8_MAX).clamp(min=MIN_SCALE)
+        s = div_ieee(xf.abs().amax(dim=-1, keepdim=True), INT8_MAX).clamp(min=MIN_SCALE)
     else:
-        s = _div(xf.abs().amax(), INT8_MAX).clamp(min=MIN_SCALE).reshape(1)
+        s = div_ieee(xf.abs().amax(), INT8_MAX).clamp(min=MIN_SCALE).reshape(1)
     return _to_int8(xf / s), s
 
 
@@ -142,7 +136,7 @@ def int8_block_quant_ref(x: torch.Tensor, block_size: int = 128):
     """Plain float per-block scales (no integer Q): ``scale [T, K/B] = max(amax / 127, 1e-12)``."""
     t, k = x.shape
     xf = x.float().reshape(t, k // block_size, block_size)
-    s = _div(xf.abs().amax(dim=-1), INT8_MAX).clamp(min=MIN_SCALE)
+    s = div_ieee(xf.abs().amax(dim=-1), INT8_MAX).clamp(min=MIN_SCALE)
     return _to_int8(xf / s[..., None]).reshape(t, k), s
 
 
@@ -155,7 +149,7 @@ def quantize_weights_int8_ref(w: torch.Tensor):
     """Expert weights ``[E, N, K]`` → ``(w_q int8 [E, N, K], scale float32 [E, N])`` per output channel:
     ``scale = max(amax over K / 127, 1e-12)``, ``w_q = clamp(round(w / scale), -127, 127)``."""
     wf = w.float()
-    s = _div(wf.abs().amax(dim=-1), INT8_MAX).clamp(min=MIN_SCALE)
+    s = div_ieee(wf.abs().amax(dim=-1), INT8_MAX).clamp(min=MIN_SCALE)
     return _to_int8(wf / s[..., None]), s
 
 
