@@ -80,13 +80,16 @@ def test_table_lookup_nearest_and_precedence(tmp_path, monkeypatch):
     configs.load_table.cache_clear()
     get = lambda m: configs.get_config(m, 8, 1024, 2048, 2, "fp8_w8a8", "token_channel", device="FakeGPU")  # noqa
     assert get(1)["BLOCK_SIZE_M"] == 16
-    assert get(40)["BLOCK_SIZE_M"] == 32  # nearest key
-    assert get(100000)["BLOCK_SIZE_M"] == 64
+    assert get(40)["BLOCK_SIZE_M"] == 32  # nearest key (log scale)
+    assert get(600)["BLOCK_SIZE_M"] == 64 and get(2048)["BLOCK_SIZE_M"] == 64  # 1024 is within 2×
+    # further than 2× from every entry: the heuristic (an M = 64 entry served M = 1024 at 2.6× the heuristic's time)
+    for m in (8, 250, 100000):
+        assert get(m) == configs.heuristic_config(m, 8, 1024, 2048, 2)
     # block scales clamp BLOCK_SIZE_K to the scale group
     assert configs.get_config(1, 8, 1024, 2048, 2, "fp8_w8a8", "token_channel", (128, 64),
                               device="FakeGPU")["BLOCK_SIZE_K"] == 64
     # $MOEJIT_TRITON_CONFIG_DIR wins over the user table
-    _write_table(env, "FakeGPU", {"1": cfg(128)})
+    _write_table(env, "FakeGPU", {"64": cfg(128)})
     monkeypatch.setenv("MOEJIT_TRITON_CONFIG_DIR", str(env))
     configs.load_table.cache_clear()
     assert get(64)["BLOCK_SIZE_M"] == 128

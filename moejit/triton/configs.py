@@ -8,7 +8,8 @@ dtype and the quantization mode, in the file name::
     E=8,N=14336,K=4096,topk=2,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,quant=token_channel.json
 
 Lookup order: ``$MOEJIT_TRITON_CONFIG_DIR``, then ``<moejit cache>/triton_configs`` (where ``moejit tune`` writes),
-then the tables shipped in ``moejit/triton/configs/``. The entry with the nearest M is used. Without a table,
+then the tables shipped in ``moejit/triton/configs/``. The entry with the nearest M (log scale) is used if it is
+within 2× of the batch size (:data:`TABLE_REACH`). Without a table or such an entry,
 :func:`heuristic_config` picks a config from the expected rows per expert.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from pathlib import Path
 
@@ -83,8 +85,17 @@ def load_table(file_name: str, dirs: tuple[Path, ...]) -> tuple[dict[int, dict] 
     return None, None
 
 
-def nearest(table: dict[int, dict], m: int) -> dict:
-    return table[min(table, key=lambda key: (abs(key - m), key))]
+# A table's entry serves batch sizes within this factor of its M; further away the heuristic is the better guess
+# (a Mixtral table tuned at M = 4, 64, 2048, 8192 served M = 1024 with the M = 64 entry: 2.6× slower than the
+# heuristic on an H200).
+TABLE_REACH = 2.0
+
+
+def nearest(table: dict[int, dict], m: int) -> dict | None:
+    """The entry whose M is nearest to ``m`` on a log scale (the smaller M on a tie), or None when it is more than
+    :data:`TABLE_REACH` times away."""
+    key = min(table, key=lambda t: (abs(math.log(max(t, 1) / max(m, 1))), t))
+    return table[key] if max(key, m) <= TABLE_REACH * max(min(key, m), 1) else None
 
 
 def heuristic_config(m: int, e: int, n: int, k: int, topk: int, block_shape: tuple[int, int] | None = None) -> dict:
@@ -117,11 +128,13 @@ def heuristic_config(m: int, e: int, n: int, k: int, topk: int, block_shape: tup
 
 def get_config(m: int, e: int, n: int, k: int, topk: int, dtype: str, mode: str,
                block_shape: tuple[int, int] | None = None, device: str | None = None) -> dict:
-    """The config for batch size ``m``: the nearest entry of the first table found, else the heuristic."""
+    """The config for batch size ``m``: the nearest entry (within :data:`TABLE_REACH`) of the first table found,
+    else the heuristic."""
     device = device or device_name()
     table, _ = load_table(config_file_name(e, n, k, topk, device, dtype, mode), tuple(search_dirs()))
-    if table:
-        cfg = dict(nearest(table, m))
+    entry = nearest(table, m) if table else None
+    if entry is not None:
+        cfg = dict(entry)
         if block_shape is not None:
             cfg["BLOCK_SIZE_K"] = min(cfg["BLOCK_SIZE_K"], block_shape[1])
         return cfg

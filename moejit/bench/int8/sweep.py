@@ -115,7 +115,7 @@ class Int8Sweep(Sweep):
         if spec is not None:
             r.per_act_token, r.per_out_ch = spec.per_act_token, spec.per_out_ch
             r.act_scales = spec.act_scales
-            if spec.name == "hybrid":
+            if spec.name in ("hybrid", "triton-hybrid"):
                 r.act_scales = (f"hybrid Q/F B={self.params.block_size} S_eff={self.params.s_eff} "
                                 f"q_max={self.params.q_max}")
             elif spec.variant == INT8_BLOCK:
