@@ -44,7 +44,8 @@ PY
 
 echo "== GPU tests ==" | tee "$LOG/tests.log"
 # thread method: a test stuck in a hung kernel is reported and stopped (the signal method cannot interrupt C code)
-timeout -s INT -k 30 "${MOEJIT_SUITE_TIMEOUT:-0}" python3 -m pytest -rs -q --timeout-method=thread ${MOEJIT_SUITE_TESTS:--m gpu -n 4 --dist loadfile --timeout 300 tests} 2>&1 \
+timeout -s INT -k 30 "${MOEJIT_SUITE_TIMEOUT:-0}" python3 -m pytest -rs -q --timeout-method=thread \
+  ${MOEJIT_SUITE_TESTS:--m gpu -n 4 --dist loadfile --timeout 300 tests} 2>&1 \
   | tee -a "$LOG/tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 

@@ -10,10 +10,9 @@ from moejit.reference.fp8 import (FP8_DTYPE, FP8_MAX, MIN_SCALE, fp8_dequant_ref
 from moejit.reference.routing import fused_topk_ref, grouped_topk_ref
 from moejit.reference.int8 import (int8_act_qdq_ref, int8_block_dequant_ref, int8_block_quant_ref, int8_dequant_ref,
                                    int8_hybrid_dequant_ref, int8_hybrid_grouped_mm_ref, int8_hybrid_mm_ref,
-                                   int8_hybrid_quant_ref, int8_quant_ref, int8_quant_w8a8_ref, moe_int8_hybrid_fused_ref,
-                                   moe_int8_hybrid_ref,
-                                   moe_int8_ref, moe_int8_w8a8_ref, quantize_weights_int8_ref, w8a8_round_ref,
-                                   w8a8_scale_ref)
+                                   int8_hybrid_quant_ref, int8_quant_ref, int8_quant_w8a8_ref,
+                                   moe_int8_hybrid_fused_ref, moe_int8_hybrid_ref, moe_int8_ref, moe_int8_w8a8_ref,
+                                   quantize_weights_int8_ref, w8a8_round_ref, w8a8_scale_ref)
 
 __all__ = [
     "FP8_DTYPE", "FP8_MAX", "MIN_SCALE", "dequant_weight_ref", "fp8_dequant_ref", "fp8_quant_ref", "moe_fp8_ref",
@@ -24,6 +23,7 @@ __all__ += ["fused_topk_ref", "grouped_topk_ref"]
 __all__ += [
     "int8_act_qdq_ref", "int8_block_dequant_ref", "int8_block_quant_ref", "int8_dequant_ref",
     "int8_hybrid_dequant_ref", "int8_hybrid_grouped_mm_ref", "int8_hybrid_mm_ref", "int8_hybrid_quant_ref",
-    "int8_quant_ref", "int8_quant_w8a8_ref", "moe_int8_hybrid_fused_ref", "moe_int8_hybrid_ref", "moe_int8_ref", "moe_int8_w8a8_ref",
+    "int8_quant_ref", "int8_quant_w8a8_ref", "moe_int8_hybrid_fused_ref", "moe_int8_hybrid_ref", "moe_int8_ref",
+    "moe_int8_w8a8_ref",
     "quantize_weights_int8_ref", "w8a8_round_ref", "w8a8_scale_ref",
 ]
