@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moejit import ops  # noqa: E402
+from moejit.bench.profile import format_breakdown, kernel_breakdown  # noqa: E402
 from moejit.bench.roofline import measure_copy_gbps  # noqa: E402
 from moejit.bench.timing import time_cuda_graph  # noqa: E402
 from moejit.reference import moe_fp8_ref, rel_error  # noqa: E402
@@ -55,6 +56,8 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--check", action="store_true", help="also compare one call with moe_fp8_ref")
     parser.add_argument("--breakdown", action="store_true", help="also time GEMM1 and GEMM2 alone")
+    parser.add_argument("--profile", action="store_true",
+                        help="also list every kernel of one call with its device time (torch.profiler)")
     args = parser.parse_args()
 
     gpu = torch.cuda.get_device_name()
@@ -110,6 +113,10 @@ def main() -> int:
             print(f"{name:18s} {m:5d} {t.median_us:10.1f} {t.p10_us:6.1f}-{t.p90_us:6.1f} {vllm[m]:8d} "
                   f"{vllm[m] / t.median_us:8.2f}x {floor_us:9.1f} {t.median_us / floor_us:9.2f}x {cfg:>8s}"
                   + "".join(f"  {k_}={v:.1f}" for k_, v in extra.items()), flush=True)
+            if args.profile:
+                kernels = kernel_breakdown(layer)
+                row["kernels"] = [dict(name=r.name, launches=r.launches, us=round(r.us, 2)) for r in kernels]
+                print(format_breakdown(kernels, t.median_us), flush=True)
         del weights, layer
         torch.cuda.empty_cache()
     if args.json:

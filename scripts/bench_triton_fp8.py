@@ -93,6 +93,33 @@ def stage_fns(a, w1, w2, tw, ids, s1, s2):
     }
 
 
+def promotion_probe(a, w1, w2, tw, ids, s1, s2, intervals, iters):
+    """{P: (µs, error vs moe_fp8_ref)} for the layer with FP8 promotion every P products (0: never), on the
+    config the layer picks. The error needs the reference: at most 256 tokens of ``a`` are checked."""
+    from moejit.bench.timing import time_cuda_graph
+    from moejit.moe.triton_fp8 import _QUANT_NAMES, _fused_moe_quantized
+    from moejit.reference import moe_fp8_ref, rel_error
+    from moejit.triton import configs
+
+    m, k = a.shape
+    e, two_n, _ = w1.shape
+    cfg = configs.get_config(m, e, two_n // 2, k, ids.shape[1], _QUANT_NAMES[w1.dtype], "token_channel")
+    mc = min(m, 256)
+    ref = moe_fp8_ref(a[:mc], w1, w2, tw[:mc], ids[:mc], s1, s2, per_act_token=True)
+    out = {}
+    for p in intervals:
+        # a dot promotes at most once per K step (fused_moe.py), so a longer interval needs a longer K step
+        c = {**cfg, "promote_every": p, "BLOCK_SIZE_K": max(cfg["BLOCK_SIZE_K"], p)}
+        run = lambda x=a, t=tw, i=ids: _fused_moe_quantized(x, w1, w2, t, i, s1, s2, None, None, True, True,  # noqa
+                                                            None, a.dtype, c)
+        err = rel_error(run(a[:mc], tw[:mc], ids[:mc]), ref)
+        us = time_cuda_graph(run, ops_per_graph=10, iters=iters).median_us
+        out[p] = (round(us, 1), round(err, 5))
+        print(f"  promote every {p or 'never'}: {us:.1f} us, error vs moe_fp8_ref {err:.2e} (config {c})",
+              flush=True)
+    return out
+
+
 def main() -> int:
     from moejit.bench.timing import time_cuda_graph
     from moejit.ops import triton_moe_fp8
@@ -102,6 +129,12 @@ def main() -> int:
     ap.add_argument("--breakdown", action="store_true",
                     help="also time each stage separately, and the GEMMs without FP8 promotion (its cost)")
     ap.add_argument("--align", action="store_true", help="time the block alignment alone over M and E")
+    ap.add_argument("--profile", action="store_true",
+                    help="also list every kernel of one call with its device time (torch.profiler)")
+    ap.add_argument("--promote", nargs="*", type=int, metavar="P",
+                    help="also run the layer with FP8 promotion every P products (0: never) on each shape's "
+                         "config: µs and error against moe_fp8_ref (the promotion interval's accuracy/speed "
+                         "trade on this GPU's tensor cores)")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
@@ -132,6 +165,14 @@ def main() -> int:
             row = dict(model=name, tp=tp, E=e, topk=topk, K=k, N=n, M=m, us=round(t.median_us, 1),
                        p10=round(t.p10_us, 1), p90=round(t.p90_us, 1), vllm_us=ref_us,
                        speedup=round(ref_us / t.median_us, 2))
+            if args.profile:
+                from moejit.bench.profile import format_breakdown, kernel_breakdown
+
+                kernels = kernel_breakdown(fn)
+                row["kernels"] = [dict(name=r.name, launches=r.launches, us=round(r.us, 2)) for r in kernels]
+                print(format_breakdown(kernels, t.median_us), flush=True)
+            if args.promote:
+                row["promote"] = promotion_probe(a, w1, w2, tw, ids, s1, s2, args.promote, args.iters)
             if args.breakdown:
                 cfg, fns = stage_fns(a, w1, w2, tw, ids, s1, s2)
                 row["config"] = cfg
