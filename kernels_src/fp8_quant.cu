@@ -175,6 +175,59 @@ __global__ void token_quant_kernel(const T* __restrict__ x, __nv_fp8_e4m3* __res
   }
 }
 
+// Dynamic per-token with the row kept in registers: a group of kTpr threads (a warp's lanes, or the whole block)
+// owns a row; each thread holds up to kMaxVec vectors of 8 values, so the row is read once and SiLU computed once.
+// The kernel above reads each row twice, and once the rows in flight outgrow L2 (Mixtral's 114 KB float32 GEMM1
+// rows) the second read goes to HBM as well. Needs cols % 8 == 0, 8-element-aligned rows and
+// cols <= kTpr * kMaxVec * 8.
+template <typename T, typename R, bool kGated, int kTpr, int kMaxVec>
+__global__ void __launch_bounds__(kThreads) token_quant_cached_kernel(const T* __restrict__ x,
+                                                                      __nv_fp8_e4m3* __restrict__ q, int64_t rows,
+                                                                      int64_t cols,
+                                                                      const int32_t* __restrict__ num_rows,
+                                                                      float* __restrict__ scales) {
+  static_assert(kTpr == kThreads || (kTpr <= 32 && 32 % kTpr == 0), "a row's threads: a warp's part or the block");
+  constexpr int kRowsPerBlock = kThreads / kTpr;
+  const int lane = static_cast<int>(threadIdx.x) % kTpr;
+  const int64_t limit = row_limit(rows, num_rows);
+  // kTpr == kThreads: every thread runs the same rows (block_max synchronizes); else each group its own rows,
+  // with no block-wide synchronization
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kTpr; r < limit;
+       r += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
+    const auto rd = reader<T, R, kGated>(x, r, cols);
+    float v[kMaxVec][8];
+    float m = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kMaxVec; ++i) {
+      const int64_t c = (static_cast<int64_t>(i) * kTpr + lane) * 8;
+      if (c < cols) {
+        rd.at8(c, v[i]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) m = max_nan(m, fabsf(v[i][j]));
+      }
+    }
+    if constexpr (kTpr == kThreads) {
+      m = block_max(m);
+    } else {
+#pragma unroll
+      for (int o = kTpr / 2; o > 0; o >>= 1) m = max_nan(m, __shfl_xor_sync(0xffffffffu, m, o, kTpr));
+    }
+    const float s = scale_from_amax(m);
+    if (lane == 0) scales[r] = s;
+    __nv_fp8_e4m3* qr = q + r * cols;
+#pragma unroll
+    for (int i = 0; i < kMaxVec; ++i) {
+      const int64_t c = (static_cast<int64_t>(i) * kTpr + lane) * 8;
+      if (c < cols) {
+        union { __nv_fp8_e4m3 f[8]; uint2 u; } o;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o.f[j] = to_fp8(v[i][j], s);
+        *reinterpret_cast<uint2*>(qr + c) = o.u;
+      }
+    }
+  }
+}
+
 int grid_for(int64_t rows) {
   int dev = 0, sms = 132;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
@@ -184,6 +237,27 @@ int grid_for(int64_t rows) {
     sms = cached[dev];
   }
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, static_cast<int64_t>(sms) * 8)));
+}
+
+// The row-cached per-token kernel for rows that fit in registers (false: the caller launches the two-pass one).
+template <typename T, typename R, bool kGated, bool kVec>
+bool launch_token_quant_cached(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64_t cols, const int32_t* num_rows,
+                               float* scales, cudaStream_t stream) {
+  if constexpr (!kVec) {
+    return false;
+  } else {
+    auto go = [&](auto kernel, int rows_per_block) {
+      const int grid = grid_for(ceil_div(rows, static_cast<int64_t>(rows_per_block)));
+      kernel<<<grid, kThreads, 0, stream>>>(x, q, rows, cols, num_rows, scales);
+      return true;
+    };
+    // a warp per row up to 2048 columns (Qwen3.6's 512, DeepSeek-V3's 2048 / 256), else the block
+    if (cols <= 32 * 2 * 8) return go(token_quant_cached_kernel<T, R, kGated, 32, 2>, kThreads / 32);
+    if (cols <= 32 * 8 * 8) return go(token_quant_cached_kernel<T, R, kGated, 32, 8>, kThreads / 32);
+    if (cols <= kThreads * 4 * 8) return go(token_quant_cached_kernel<T, R, kGated, kThreads, 4>, 1);
+    if (cols <= kThreads * 8 * 8) return go(token_quant_cached_kernel<T, R, kGated, kThreads, 8>, 1);
+    return false;
+  }
 }
 
 // Calls fn(T*, R*) for the input type T (bf16, fp16, fp32) and the rounding type R of the gated value (bf16 or
@@ -256,8 +330,10 @@ std::tuple<at::Tensor, at::Tensor> quantize_impl(const at::Tensor& x, const std:
     auto launch = [&](auto vec_tag) {
       constexpr bool kVec = decltype(vec_tag)::value;
       if (per_token) {
-        token_quant_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(xp, qp, rows, cols, nr,
-                                                                          s_out.data_ptr<float>());
+        float* sp = s_out.data_ptr<float>();
+        if (!launch_token_quant_cached<T, R, kGated, kVec>(xp, qp, rows, cols, nr, sp, stream)) {
+          token_quant_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(xp, qp, rows, cols, nr, sp);
+        }
         MOEJIT_CUDA_LAUNCH_CHECK();
       } else if (is_static) {
         tensor_quant_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(

@@ -70,7 +70,8 @@ def stage_fns(a, w1, w2, tw, ids, s1, s2):
     n = two_n // 2
     topk = ids.shape[1]
     cfg = configs.get_config(m, e, n, k, topk, _QUANT_NAMES[w1.dtype], "token_channel")
-    raw = {**cfg, "promote_every": 0}
+    cfg1, cfg2 = configs.gemm_configs(cfg)
+    raw1, raw2 = {**cfg1, "promote_every": 0}, {**cfg2, "promote_every": 0}
     al = align_block_size(ids, e, cfg["BLOCK_SIZE_M"])
     aq, as_ = quantize_activations(a, per_token=True)
     inter = torch.empty(m * topk, n, dtype=a.dtype, device="cuda")
@@ -80,16 +81,16 @@ def stage_fns(a, w1, w2, tw, ids, s1, s2):
     return cfg, {
         "align": lambda: align_block_size(ids, e, cfg["BLOCK_SIZE_M"]),
         "quant1": lambda: quantize_activations(a, per_token=True),
-        "gemm1+silu": lambda: invoke_fused_moe_gemm(aq, w1, inter, as_, s1, None, al, topk, A_ROW, W_CHANNEL, cfg,
+        "gemm1+silu": lambda: invoke_fused_moe_gemm(aq, w1, inter, as_, s1, None, al, topk, A_ROW, W_CHANNEL, cfg1,
                                                     silu_mul=True),
         "quant2": lambda: quantize_activations(inter, per_token=True, topk_ids=ids, num_experts=e),
-        "gemm2": lambda: invoke_fused_moe_gemm(iq, w2, y, is_, s2, tw, al, 1, A_ROW, W_CHANNEL, cfg),
+        "gemm2": lambda: invoke_fused_moe_gemm(iq, w2, y, is_, s2, tw, al, 1, A_ROW, W_CHANNEL, cfg2),
         "sum": lambda: moe_sum(y, ids, e, out),
         # the same GEMMs without FP8 promotion: what the ~1% accuracy bound costs (not a usable setting: the layer's
         # error then reaches ~1.6-2.4%, docs/triton_fp8.md)
         "gemm1+silu unpromoted": lambda: invoke_fused_moe_gemm(aq, w1, inter, as_, s1, None, al, topk, A_ROW,
-                                                               W_CHANNEL, raw, silu_mul=True),
-        "gemm2 unpromoted": lambda: invoke_fused_moe_gemm(iq, w2, y, is_, s2, tw, al, 1, A_ROW, W_CHANNEL, raw),
+                                                               W_CHANNEL, raw1, silu_mul=True),
+        "gemm2 unpromoted": lambda: invoke_fused_moe_gemm(iq, w2, y, is_, s2, tw, al, 1, A_ROW, W_CHANNEL, raw2),
     }
 
 
@@ -100,6 +101,7 @@ def promotion_probe(a, w1, w2, tw, ids, s1, s2, intervals, iters):
     from moejit.moe.triton_fp8 import _QUANT_NAMES, _fused_moe_quantized
     from moejit.reference import moe_fp8_ref, rel_error
     from moejit.triton import configs
+    from moejit.triton.tune import SMEM_LIMIT, smem_bytes
 
     m, k = a.shape
     e, two_n, _ = w1.shape
@@ -110,6 +112,9 @@ def promotion_probe(a, w1, w2, tw, ids, s1, s2, intervals, iters):
     for p in intervals:
         # a dot promotes at most once per K step (fused_moe.py), so a longer interval needs a longer K step
         c = {**cfg, "promote_every": p, "BLOCK_SIZE_K": max(cfg["BLOCK_SIZE_K"], p)}
+        c.pop(configs.GEMM2, None)  # one config for both GEMMs here
+        while smem_bytes(c) > SMEM_LIMIT and c["num_stages"] > 2:  # the longer K step needs more shared memory
+            c["num_stages"] -= 1
         run = lambda x=a, t=tw, i=ids: _fused_moe_quantized(x, w1, w2, t, i, s1, s2, None, None, True, True,  # noqa
                                                             None, a.dtype, c)
         err = rel_error(run(a[:mc], tw[:mc], ids[:mc]), ref)
@@ -126,6 +131,7 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="model names to run (default: all three)")
+    ap.add_argument("--batch-sizes", nargs="*", type=int, help="only these of each model's M (default: all)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time each stage separately, and the GEMMs without FP8 promotion (its cost)")
     ap.add_argument("--align", action="store_true", help="time the block alignment alone over M and E")
@@ -149,6 +155,8 @@ def main() -> int:
         e, topk, k, n = model_shape(name, tp)
         w = None
         for m, ref_us in vllm.items():
+            if args.batch_sizes and m not in args.batch_sizes:
+                continue
             if w is None:
                 a, w1, w2, tw, ids, s1, s2 = make_layer(e, topk, k, n, m, gen)
                 w = (w1, w2, s1, s2)

@@ -12,7 +12,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     reason="the sm90_fp8 module is built for Hopper (sm_90a) only")]
 
 DTYPES = [torch.bfloat16, torch.float16]
-SHAPES = [(1, 16), (7, 100), (64, 4096), (333, 2048), (2, 14336)]  # (7, 100): the non-vectorized path
+# (7, 100): the non-vectorized path. Per token, rows of up to 16384 columns stay in registers (a warp per row up to
+# 2048, else the block; 520: a warp's 64 vectors with a partial one), longer ones take the two-pass kernel (20480)
+SHAPES = [(1, 16), (7, 100), (64, 4096), (333, 2048), (5, 520), (2, 14336), (3, 20480)]
 MODES = ["static", "tensor", "token"]
 
 
@@ -49,7 +51,10 @@ def test_fp8_quant_matches_reference_exactly(dtype, shape, mode, seeded):
 
 @pytest.mark.parametrize("dtype, round_dtype", [(torch.bfloat16, None), (torch.float16, None),
                                                 (torch.float32, torch.bfloat16), (torch.float32, torch.float16)])
-@pytest.mark.parametrize("shape", [(1, 32), (9, 200), (128, 2 * 1536), (40, 2 * 14336)])
+# more rows than the row-cached kernels' grids hold at once (8500 for a warp per row, 1100 for a block per row),
+# and past the registers' 16384 columns
+@pytest.mark.parametrize("shape", [(1, 32), (9, 200), (128, 2 * 1536), (40, 2 * 14336), (8500, 2 * 256),
+                                   (1100, 2 * 4096), (2, 2 * 17408)])
 @pytest.mark.parametrize("mode", MODES)
 def test_silu_mul_fp8_quant(dtype, round_dtype, shape, mode, seeded):
     x = _x(shape, dtype, seeded)

@@ -252,3 +252,51 @@ def test_cuda_alignment_contract_on_cpu(monkeypatch):
     monkeypatch.setenv("MOEJIT_ALIGN", "cub")
     with pytest.raises(ValueError, match="MOEJIT_ALIGN"):
         align_impl()
+
+
+def test_gemm2_overrides_parse_split_and_clamp(tmp_path, monkeypatch):
+    """A config's "gemm2" dict overrides GEMM2's keys (never BLOCK_SIZE_M, the shared alignment); block scales clamp
+    its BLOCK_SIZE_K like GEMM1's."""
+    base = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=16, num_warps=4, num_stages=3)
+    entry = dict(base, gemm2=dict(BLOCK_SIZE_N=256, BLOCK_SIZE_K=256, num_warps=8))
+    table = configs.parse_table(json.dumps({"64": entry}))
+    g1, g2 = configs.gemm_configs(table[64])
+    assert g1 == base and g2 == dict(base, BLOCK_SIZE_N=256, BLOCK_SIZE_K=256, num_warps=8)
+    assert configs.gemm_configs(base) == (base, base)
+    with pytest.raises(ValueError, match="may set"):
+        configs.parse_table(json.dumps({"1": dict(base, gemm2=dict(BLOCK_SIZE_M=128))}))
+    with pytest.raises(ValueError, match="BLOCK_SIZE_N must be a power of two"):
+        configs.parse_table(json.dumps({"1": dict(base, gemm2=dict(BLOCK_SIZE_N=96))}))
+    monkeypatch.setattr(configs, "user_config_dir", lambda: tmp_path)
+    monkeypatch.delenv("MOEJIT_TRITON_CONFIG_DIR", raising=False)
+    _write_table(tmp_path, "FakeGPU", {"64": entry})
+    configs.load_table.cache_clear()
+    got = configs.get_config(64, 8, 1024, 2048, 2, "fp8_w8a8", "token_channel", (128, 128), device="FakeGPU")
+    configs.load_table.cache_clear()
+    assert got["BLOCK_SIZE_K"] == 128 and got["gemm2"]["BLOCK_SIZE_K"] == 128 and entry["gemm2"]["BLOCK_SIZE_K"] == 256
+
+
+def test_tune_shape_finds_gemm2_its_own_tile():
+    """Round 3 of the search: with a cost model where GEMM1 wants narrow N tiles and GEMM2 wide, shallow ones, the
+    table's entry keeps GEMM1's tile and carries GEMM2's as overrides; the layer would run exactly those."""
+    from moejit.triton import tune
+
+    e, topk, k, n = 8, 2, 1024, 512
+
+    def cost(inputs, mode_args, cfg, iters):
+        g1, g2 = configs.gemm_configs(cfg)
+        return (1000.0 + 10.0 * g1["BLOCK_SIZE_N"] + 5000.0 / g1["BLOCK_SIZE_K"]
+                + 50000.0 / g2["BLOCK_SIZE_N"] + g2["BLOCK_SIZE_K"] + g1["num_stages"] + g2["num_stages"])
+
+    table, _ = tune.tune_shape(e, topk, k, n, [512], "token_channel", None, 3, log=lambda s: None, timer=cost,
+                               make_inputs=lambda m, prev: m)
+    best = table[512]
+    g1, g2 = configs.gemm_configs(best)
+    assert g1["BLOCK_SIZE_N"] == 64 and g2["BLOCK_SIZE_N"] == 256 and g2["BLOCK_SIZE_K"] == 64
+    assert "BLOCK_SIZE_M" not in best["gemm2"] and all(best["gemm2"][key] != g1[key] for key in best["gemm2"])
+    assert configs.validate_config(best) == best  # what the CLI writes parses back
+    # GEMM2's shared memory is checked without the second (up) weight tile
+    wide = tune.gemm2_variant(dict(g1, num_stages=5), "BLOCK_SIZE_N", 256)
+    assert tune.smem_bytes(configs.gemm_configs(wide)[1], silu_mul=False) < tune.smem_bytes(
+        configs.gemm_configs(wide)[1])
+    assert tune.gemm2_variant(wide, "BLOCK_SIZE_N", g1["BLOCK_SIZE_N"]) == dict(g1, num_stages=5)

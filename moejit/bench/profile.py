@@ -45,7 +45,8 @@ def kernel_breakdown(fn: Callable[[], object], iters: int = 10, warmup: int = 3)
 
 def short_name(name: str, width: int = 70) -> str:
     """A kernel name cut to ``width`` characters (CUTLASS template names run to kilobytes)."""
-    name = name.split("(")[0] if name.startswith("void ") else name
+    if name.startswith("void "):  # a demangled signature: drop the return type and the parameter list
+        name = name[5:].replace("(anonymous namespace)", "{anon}").split("(")[0]
     return name if len(name) <= width else name[:width - 1] + "…"
 
 

@@ -66,6 +66,7 @@ def _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_sca
     if config is None:
         mode = configs.quant_mode(per_act_token, per_out_ch, block_shape)
         config = configs.get_config(m, e, n, k, topk, _QUANT_NAMES[q_dtype], mode, block_shape)
+    config, config2 = configs.gemm_configs(config)  # GEMM2 may run its own tile (configs.GEMM2)
     group = block_shape[1] if block_shape is not None else None
     a_mode = A_GROUP if block_shape is not None else (A_ROW if per_act_token else A_TENSOR)
     w_mode = W_BLOCK if block_shape is not None else (W_CHANNEL if per_out_ch else W_TENSOR)
@@ -79,7 +80,7 @@ def _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_sca
     inter_q, inter_s = quantize_activations(inter, q_dtype, scale=a2_scale, per_token=per_act_token,
                                             group_size=group, topk_ids=topk_ids, num_experts=e)
     y = torch.empty((m * topk, k), dtype=out_dtype, device=a.device)
-    invoke_fused_moe_gemm(inter_q, w2_q, y, inter_s, w2_scale, topk_weights, align, 1, a_mode, w_mode, config,
+    invoke_fused_moe_gemm(inter_q, w2_q, y, inter_s, w2_scale, topk_weights, align, 1, a_mode, w_mode, config2,
                           block_shape)
     return moe_sum(y, topk_ids, e, out)
 

@@ -129,6 +129,7 @@ def _fused_moe_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, topk_weights, topk_ids, 
         # per-K-block scales: the block-scale shapes of the heuristic (BLOCK_SIZE_K <= B, spill-free tiles)
         config = configs.get_config(m, e, n, k, topk, "int8_w8a8", "hybrid", block_shape=(b, b))
     hybrid = (b, fmt.s_eff)
+    config, config2 = configs.gemm_configs(config)
     align = align_block_size(topk_ids, e, config["BLOCK_SIZE_M"])
     a_q, a_qs, a_f = int8_hybrid_quant(hidden, b, s, qm)
     inter = torch.empty((m * topk, n), dtype=hidden.dtype, device=hidden.device)
@@ -137,7 +138,7 @@ def _fused_moe_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, topk_weights, topk_ids, 
     # rows of dropped slots are unwritten: quantized to garbage Q/F that GEMM2 never reads
     i_q, i_qs, i_f = int8_hybrid_quant(inter, b, s, qm)
     y = torch.empty((m * topk, k), dtype=hidden.dtype, device=hidden.device)
-    invoke_fused_moe_gemm(i_q, w2_q, y, i_qs, w2_s, topk_weights, align, 1, A_HYBRID, W_CHANNEL, config,
+    invoke_fused_moe_gemm(i_q, w2_q, y, i_qs, w2_s, topk_weights, align, 1, A_HYBRID, W_CHANNEL, config2,
                           a_f=i_f, hybrid=hybrid)
     return moe_sum(y, topk_ids, e, torch.empty((m, k), dtype=hidden.dtype, device=hidden.device))
 

@@ -1,7 +1,9 @@
 """Kernel configs of the fused MoE GEMM: JSON tables per GPU and problem, and a shape heuristic for the rest.
 
-A table maps a batch size M to one config (``BLOCK_SIZE_M/N/K``, ``GROUP_SIZE_M``, ``num_warps``, ``num_stages``) used
-by both GEMMs of the layer (they share the alignment, hence BLOCK_SIZE_M). It is keyed by the device name, the number
+A table maps a batch size M to one config (``BLOCK_SIZE_M/N/K``, ``GROUP_SIZE_M``, ``num_warps``, ``num_stages``) for
+both GEMMs of the layer, optionally with a ``"gemm2"`` dict of the keys GEMM2 runs differently (all but BLOCK_SIZE_M:
+the two GEMMs share the alignment). GEMM1 accumulates gate and up tiles (fused SiLU) over the hidden size; GEMM2 one
+tile over the intermediate size, so their best tiles differ. It is keyed by the device name, the number
 of experts E, the intermediate size N (per TP shard: ``w2.shape[2]``), the hidden size K, top-k, the quantized
 dtype and the quantization mode, in the file name::
 
@@ -23,6 +25,8 @@ from pathlib import Path
 
 PACKAGE_CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
+GEMM2 = "gemm2"  # the key of GEMM2's overrides in a config
+GEMM2_KEYS = CONFIG_KEYS[1:]  # what GEMM2 may run differently: all but BLOCK_SIZE_M (the shared alignment)
 
 
 def device_name(device=None) -> str:
@@ -59,16 +63,36 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
+def _check_blocks(cfg: dict) -> None:
+    for k in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
+        if k not in cfg:
+            continue
+        low = 32 if k == "BLOCK_SIZE_K" else 16  # an 8-bit tl.dot needs K >= 32
+        if cfg[k] < low or cfg[k] & (cfg[k] - 1):
+            raise ValueError(f"{k} must be a power of two >= {low}, got {cfg[k]}")
+
+
 def validate_config(cfg: dict) -> dict:
+    """The config with int values and only known keys; raises ValueError on a missing key, a bad block size or a
+    ``"gemm2"`` entry with keys GEMM2 cannot override."""
     missing = [k for k in CONFIG_KEYS if k not in cfg]
     if missing:
         raise ValueError(f"config {cfg} lacks {missing}")
     out = {k: int(cfg[k]) for k in CONFIG_KEYS}
-    for k in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K"):
-        low = 32 if k == "BLOCK_SIZE_K" else 16  # an 8-bit tl.dot needs K >= 32
-        if out[k] < low or out[k] & (out[k] - 1):
-            raise ValueError(f"{k} must be a power of two >= {low}, got {out[k]}")
+    _check_blocks(out)
+    if cfg.get(GEMM2):
+        extra = sorted(set(cfg[GEMM2]) - set(GEMM2_KEYS))
+        if extra:
+            raise ValueError(f"config {cfg}: {GEMM2!r} may set {list(GEMM2_KEYS)}, not {extra}")
+        out[GEMM2] = {k: int(v) for k, v in cfg[GEMM2].items()}
+        _check_blocks(out[GEMM2])
     return out
+
+
+def gemm_configs(cfg: dict) -> tuple[dict, dict]:
+    """(GEMM1's config, GEMM2's config) of a layer config: GEMM2's is GEMM1's with the ``"gemm2"`` overrides."""
+    base = {k: v for k, v in cfg.items() if k != GEMM2}
+    return base, {**base, **cfg.get(GEMM2, {})}
 
 
 def parse_table(text: str) -> dict[int, dict]:
@@ -137,5 +161,7 @@ def get_config(m: int, e: int, n: int, k: int, topk: int, dtype: str, mode: str,
         cfg = dict(entry)
         if block_shape is not None:
             cfg["BLOCK_SIZE_K"] = min(cfg["BLOCK_SIZE_K"], block_shape[1])
+            if "BLOCK_SIZE_K" in cfg.get(GEMM2, {}):
+                cfg[GEMM2] = dict(cfg[GEMM2], BLOCK_SIZE_K=min(cfg[GEMM2]["BLOCK_SIZE_K"], block_shape[1]))
         return cfg
     return heuristic_config(m, e, n, k, topk, block_shape)

@@ -7,7 +7,10 @@ For every model × TP size × quantization mode, and every batch size M, the who
 1. tiles: BLOCK_SIZE_M from the expected rows per expert (``M·topk/E``; at most three sizes), BLOCK_SIZE_N
    ∈ {64, 128, 256}, with warps/stages chosen for the tile;
 2. around the best tile, one parameter at a time: num_warps ∈ {4, 8}, num_stages ∈ {3, 4, 5}, GROUP_SIZE_M
-   ∈ {1, 16}, BLOCK_SIZE_K ∈ {64, 128, 256}.
+   ∈ {1, 16}, BLOCK_SIZE_K ∈ {64, 128, 256};
+3. GEMM2's own config (a ``"gemm2"`` override, :mod:`moejit.triton.configs`): BLOCK_SIZE_N, BLOCK_SIZE_K, warps,
+   stages, GROUP_SIZE_M in turn, each from the best so far (GEMM1 accumulates gate and up tiles over the hidden
+   size, GEMM2 one tile over the intermediate size, so one tile rarely suits both).
 
 The shape heuristic's own config (:func:`moejit.triton.configs.heuristic_config`, what the layer runs without a
 table) is always timed too, so every table records how far the fallback is from the best (``_heuristic``: M →
@@ -16,7 +19,7 @@ heuristic µs / best µs), and the log prints it.
 ``--quant hybrid --dtype int8`` tunes :func:`moejit.ops.triton_moe_int8_hybrid` (INT8 hybrid Q/F activations,
 B = 128, S = 256, q_max = 16; BLOCK_SIZE_K at most B); its tables are keyed ``dtype=int8_w8a8,quant=hybrid``.
 
-That is ~20 configs per M (each a Triton compile of two GEMM variants plus a short timing), so a model's default
+That is ~25 configs per M (each a Triton compile of two GEMM variants plus a short timing), so a model's default
 batch sizes tune in minutes. Configs that fail to compile or run (shared memory, registers) are skipped. The table
 goes to ``<moejit cache>/triton_configs`` (searched by the layer before the shipped tables) and, with
 ``--output DIR``, also to DIR (e.g. ``moejit/triton/configs`` to ship it).
@@ -86,6 +89,31 @@ def refine_candidates(best: dict, block_shape=None) -> list[dict]:
                 continue
             if c != best and smem_bytes(c) <= SMEM_LIMIT and c not in out:
                 out.append(c)
+    return out
+
+
+# at most this many configs per M in round 3 (each key's values but the current one)
+GEMM2_ROUND = 8
+GEMM2_SEARCH = (("BLOCK_SIZE_N", (64, 128, 256)), ("BLOCK_SIZE_K", (64, 128, 256)), ("num_warps", (4, 8)),
+                ("num_stages", (3, 4, 5)), ("GROUP_SIZE_M", (1, 16)))
+
+
+def gemm2_variant(cfg: dict, key: str, value: int) -> dict:
+    """``cfg`` with GEMM2 running ``key = value`` (a ``"gemm2"`` override; none where it equals GEMM1's)."""
+    base, _ = cfgs.gemm_configs(cfg)
+    over = {k: v for k, v in {**cfg.get(cfgs.GEMM2, {}), key: value}.items() if base[k] != v}
+    return {**base, cfgs.GEMM2: over} if over else base
+
+
+def gemm2_candidates(best: dict, key: str, values, block_shape=None) -> list[dict]:
+    """Round 3, one key: GEMM2 at each value of ``key`` (GEMM1 and GEMM2's other keys as in ``best``)."""
+    out = []
+    for v in values:
+        if key == "BLOCK_SIZE_K" and block_shape is not None and block_shape[1] % v:
+            continue
+        c = gemm2_variant(best, key, v)
+        if c != best and smem_bytes(cfgs.gemm_configs(c)[1], silu_mul=False) <= SMEM_LIMIT and c not in out:
+            out.append(c)
     return out
 
 
@@ -190,6 +218,10 @@ def tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress=None, 
         ran = [(us, c) for us, c in timed if us is not None]
         if ran:
             run(refine_candidates(min(ran, key=lambda r: r[0])[1], mode_args[2]))
+            # round 3: GEMM2's own tile, one key at a time from the best so far (coordinate descent)
+            for key, values in GEMM2_SEARCH:
+                best_so_far = min(((u, c) for u, c in timed if u is not None), key=lambda r: r[0])[1]
+                run(gemm2_candidates(best_so_far, key, values, mode_args[2]))
         ran = [(us, c) for us, c in timed if us is not None]
         if not ran:
             raise click.ClickException(f"no config ran for M={m}, E={e}, N={n}, K={k}")
@@ -284,7 +316,8 @@ def tune(models, tp_sizes, batch_sizes, shapes, quant_modes, qdtype, iters, outp
         for label, e, topk, k, n in todo:
             for mode in quant_modes:
                 mode_args = _mode_args(mode)
-                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 10 for m in batch_sizes)
+                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 10 + GEMM2_ROUND
+                            for m in batch_sizes)
                 task = progress.add_task(f"{label} {mode}", total=total)
                 name = cfgs.config_file_name(e, n, k, topk, device, dtype_name, mode)
                 meta = dict(device=torch.cuda.get_device_name(), E=e, N=n, K=k, topk=topk, dtype=dtype_name,
