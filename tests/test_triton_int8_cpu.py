@@ -97,10 +97,10 @@ def test_weight_quantization_layouts(seeded, per_out_ch, block, scale_shape):
     # and of the subtraction (seen: a 1e-6 relative slack failed once)
     assert ((q.float() * full - w).abs() <= full * (0.5 + 1e-4)).all()
     assert (q[1, :16, :32] == 0).all() if block is not None else True
-    # the scale is amax · fl(1/127), bit for bit
+    # the scale is amax / 127, bit for bit
     amax = w.abs().amax(dim=-1) if per_out_ch and block is None else None
     if amax is not None:
-        assert torch.equal(s, (amax * (1.0 / 127)).clamp(min=1e-12))
+        assert torch.equal(s, (amax / torch.full_like(amax, 127.0)).clamp(min=1e-12))  # IEEE division
     with pytest.raises(MoejitInputError):
         quantize_weights_int8_w8a8(w[0])
     with pytest.raises(MoejitInputError):

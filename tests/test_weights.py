@@ -80,7 +80,7 @@ def test_fp8_zero_expert_and_channel_are_finite_zeros(seeded):
 def test_w8a8_matches_its_rule(seeded):
     w = random_weights(seeded, dtype=torch.float32)
     q, s = ops.quantize_weights_int8_w8a8(w)  # per output channel by default
-    want_s = (w.abs().amax(dim=-1) * (1.0 / 127)).clamp(min=1e-12)
+    want_s = (w.abs().amax(dim=-1) / torch.full_like(w[..., 0], 127.0)).clamp(min=1e-12)  # IEEE
     assert torch.equal(s, want_s)
     assert torch.equal(q, torch.round((w / want_s[..., None]).clamp(-127, 127)).to(torch.int8))
 

@@ -12,7 +12,7 @@ per K step for block scales) and the same config tables (:mod:`moejit.triton.con
 quantization is :func:`moejit.reference.moe_int8_w8a8_ref`.
 
 Quantization (symmetric, range [-127, 127], ``real ≈ q · scale``), as :mod:`moejit.triton.quant` computes it:
-dynamic scales ``max(amax · fl(1/127), 1e-12)``; ``q = rint(clamp(x / scale, ±127))`` (IEEE division, round half to
+dynamic scales ``max(amax / 127, 1e-12)``; ``q = rint(clamp(x / scale, ±127))`` (IEEE division, round half to
 even). Modes: per-token activations × per-channel weights (``per_act_token=True, per_out_ch=True``), DeepSeek-style
 1×128 activation groups × 128×128 weight blocks (``block_shape=(128, 128)``), and the per-tensor variants.
 """

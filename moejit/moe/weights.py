@@ -7,8 +7,8 @@ which wins) — and differ only in the element type, the scale rule and the roun
 - FP8 (:func:`quantize_weights_fp8`, for ``cutlass_moe_fp8`` / ``triton_moe_fp8``): ``scale = max(amax / 448,
   1e-12)`` (an IEEE division), ``w_q = e4m3(clamp(w / scale, ±448))`` with round-to-nearest-even. Bit-identical to
   :func:`moejit.reference.quantize_weights_fp8_ref` on any device.
-- INT8 W8A8 (:func:`quantize_weights_int8_w8a8`, for ``triton_moe_int8``): ``scale = max(amax · fl(1/127),
-  1e-12)``, ``w_q = rint(clamp(w / scale, ±127))`` — the Triton quantizer's arithmetic
+- INT8 W8A8 (:func:`quantize_weights_int8_w8a8`, for ``triton_moe_int8``): ``scale = max(amax / 127, 1e-12)``
+  (an IEEE division), ``w_q = rint(clamp(w / scale, ±127))`` — the Triton quantizer's arithmetic
   (:func:`moejit.reference.int8.w8a8_scale_ref`, :func:`~moejit.reference.int8.w8a8_round_ref`).
 
 - INT8 per channel for the *hybrid* layer (:func:`quantize_weights_int8`): ``scale = max(amax / 127, 1e-12)``
@@ -113,8 +113,8 @@ def quantize_weights_int8_w8a8(w: torch.Tensor, per_out_ch: bool = True,
 
     Scales: per output channel ``[E, N_out]`` (``per_out_ch``, the default), per ``bn × bk`` block
     ``[E, ceil(N_out/bn), ceil(K/bk)]`` (``block_shape``, which wins), else per expert ``[E]``; each
-    ``max(amax · fl(1/127), 1e-12)``, ``w_q = rint(clamp(w / scale, ±127))`` (round half to even). One expert at a
-    time. Returns ``(w_q int8, scale float32)``. Raises :class:`~moejit.errors.MoejitInputError` on a bad tensor
+    ``max(amax / 127, 1e-12)`` (IEEE division), ``w_q = rint(clamp(w / scale, ±127))`` (round half to even). One
+    expert at a time. Returns ``(w_q int8, scale float32)``. Raises :class:`~moejit.errors.MoejitInputError` on a bad tensor
     or block shape.
     """
     return _quantize_experts(w, per_out_ch, block_shape, torch.int8, w8a8_scale_ref, w8a8_round_ref)

@@ -209,7 +209,7 @@ def moe_int8_hybrid_fused_ref(a, w13_q, w2_q, w13_scale, w2_scale, topk_weights,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# INT8 W8A8 (the Triton INT8 layer, moejit.ops.triton_moe_int8): round half to even, scales · fl(1/127)
+# INT8 W8A8 (the Triton INT8 layer, moejit.ops.triton_moe_int8): round half to even, scales amax / 127 (IEEE)
 # ---------------------------------------------------------------------------------------------------------------
 
 def w8a8_round_ref(v: torch.Tensor) -> torch.Tensor:
@@ -218,8 +218,9 @@ def w8a8_round_ref(v: torch.Tensor) -> torch.Tensor:
 
 
 def w8a8_scale_ref(amax: torch.Tensor) -> torch.Tensor:
-    """``max(amax · fl(1/127), 1e-12)``: the Triton kernels' dynamic scale, bit for bit on any device."""
-    return (amax.float() * (1.0 / INT8_MAX)).clamp(min=MIN_SCALE)
+    """``max(amax / 127, 1e-12)`` (IEEE division, as the Triton kernels and the FP8 scales divide): the dynamic
+    W8A8 scale, bit for bit on any device."""
+    return div_ieee(amax.float(), float(INT8_MAX)).clamp(min=MIN_SCALE)
 
 
 def int8_quant_w8a8_ref(x: torch.Tensor, scale: torch.Tensor | None = None, per_token: bool = False,

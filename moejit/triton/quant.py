@@ -3,8 +3,9 @@ per-tensor, each optionally fused with SiLU·mul of a ``[rows, 2N]`` gate ‖ up
 
 Semantics are exactly :func:`moejit.reference.fp8_quant_ref`'s (and its INT8 analogue): dynamic scales are
 ``max(amax / QMAX, 1e-12)``; ``q = clamp(x / scale, ±QMAX)`` converted with round-to-nearest-even (e4m3 for FP8,
-``rint`` for INT8). Bit for bit as torch computes the reference on CUDA: ``amax / QMAX`` as ``amax · fl(1/QMAX)``
-(what torch does for a division by a Python scalar on the GPU) and ``x / scale`` as an IEEE-rounded division. With SiLU,
+``rint`` for INT8). Bit for bit as the reference and the CUDA kernels compute them: ``amax / QMAX`` and ``x / scale``
+are IEEE-rounded divisions (``div_rn``; Triton's plain ``/`` is approximate, and ``amax · fl(1/QMAX)`` is one ulp
+off whenever ``amax / QMAX`` is exact, which moves values on a rounding tie to the other neighbour). With SiLU,
 ``silu(gate) · up`` is computed in float32 and rounded to the input dtype first, as the reference stores the
 GEMM1 output in the activation dtype.
 
@@ -66,6 +67,12 @@ def nanclamp(x, lo, hi):
 
 
 @triton.jit
+def _over_qmax(amax, QMAX: tl.constexpr):
+    """``amax / QMAX`` rounded as IEEE division (the operand as a tensor: the interpreter's div_rn needs one)."""
+    return tl.math.div_rn(amax, tl.zeros_like(amax) + QMAX)
+
+
+@triton.jit
 def _to_q(v, scale, QMAX: tl.constexpr, q_dtype: tl.constexpr, IS_INT: tl.constexpr):
     y = tl.math.div_rn(v, scale)
     y = nanclamp(y, -QMAX, QMAX)
@@ -118,7 +125,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, stride_xm, stride_qm, strid
                 cols = (c0 + tl.arange(0, GPB)[:, None] * GROUP + tl.arange(0, GROUP)[None, :])
                 mask = cols < n_cols
                 v = _load_row_chunk(x_ptr, row, cols, mask, stride_xm, n_cols, HAS_SILU)
-                s = nanmax(tl.reduce(tl.abs(v), 1, nanmax) * (1.0 / QMAX), MIN_S)
+                s = nanmax(_over_qmax(tl.reduce(tl.abs(v), 1, nanmax), QMAX), MIN_S)
                 tl.store(q_row + cols, _to_q(v, s[:, None], QMAX, q_dtype, IS_INT), mask=mask)
                 tl.store(s_ptr + row.to(tl.int64) * stride_sm + g_idx, s, mask=g_idx * GROUP < n_cols)
         else:
@@ -128,10 +135,10 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, stride_xm, stride_qm, strid
                     cols = c0 + tl.arange(0, BLOCK)
                     v = _load_row_chunk(x_ptr, row, cols, cols < n_cols, stride_xm, n_cols, HAS_SILU)
                     m = nanmax(m, tl.abs(v))
-                s = nanmax(tl.reduce(m, 0, nanmax) * (1.0 / QMAX), MIN_S)
+                s = nanmax(_over_qmax(tl.reduce(m, 0, nanmax), QMAX), MIN_S)
                 tl.store(s_ptr + row.to(tl.int64) * stride_sm, s)
             elif MODE == 1:
-                s = nanmax(tl.load(s_ptr) * (1.0 / QMAX), MIN_S)
+                s = nanmax(_over_qmax(tl.load(s_ptr), QMAX), MIN_S)
             else:
                 s = tl.load(s_ptr)
             for c0 in range(0, n_cols, BLOCK):
@@ -143,7 +150,7 @@ def _quant_rows_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, stride_xm, stride_qm, strid
 
 @triton.jit
 def _finish_tensor_scale_kernel(amax_ptr, QMAX: tl.constexpr, MIN_S: tl.constexpr):
-    tl.store(amax_ptr, nanmax(tl.load(amax_ptr) * (1.0 / QMAX), MIN_S))
+    tl.store(amax_ptr, nanmax(_over_qmax(tl.load(amax_ptr), QMAX), MIN_S))
 
 
 def quantize_activations(x: torch.Tensor, q_dtype: torch.dtype = FP8_DTYPE, *, scale: torch.Tensor | None = None,
