@@ -141,6 +141,8 @@ def main() -> int:
                     help="also run the layer with FP8 promotion every P products (0: never) on each shape's "
                          "config: µs and error against moe_fp8_ref (the promotion interval's accuracy/speed "
                          "trade on this GPU's tensor cores)")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY:VAL[,KEY:VAL]",
+                    help="also time the layer with these config keys changed (e.g. fuse_up:1), repeatable")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
@@ -179,6 +181,17 @@ def main() -> int:
                 kernels = kernel_breakdown(fn)
                 row["kernels"] = [dict(name=r.name, launches=r.launches, us=round(r.us, 2)) for r in kernels]
                 print(format_breakdown(kernels, t.median_us), flush=True)
+            for spec in args.override:
+                from moejit.moe.triton_fp8 import _QUANT_NAMES, _fused_moe_quantized
+                from moejit.triton import configs
+
+                cfg = configs.get_config(m, e, n, k, topk, _QUANT_NAMES[w1.dtype], "token_channel")
+                cfg = {**cfg, **{kv.split(":")[0]: int(kv.split(":")[1]) for kv in spec.split(",")}}
+                run = lambda c=cfg: _fused_moe_quantized(a, w1, w2, tw, ids, s1, s2, None, None, True, True,  # noqa
+                                                         None, a.dtype, c)
+                us = time_cuda_graph(run, ops_per_graph=10, iters=args.iters).median_us
+                row.setdefault("overrides", {})[spec] = round(us, 1)
+                print(f"  with {spec}: {us:.1f} us (base {t.median_us:.1f}; config {cfg})", flush=True)
             if args.promote:
                 row["promote"] = promotion_probe(a, w1, w2, tw, ids, s1, s2, args.promote, args.iters)
             if args.breakdown:

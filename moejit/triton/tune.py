@@ -7,7 +7,7 @@ For every model × TP size × quantization mode, and every batch size M, the who
 1. tiles: BLOCK_SIZE_M from the expected rows per expert (``M·topk/E``; at most three sizes), BLOCK_SIZE_N
    ∈ {64, 128, 256}, with warps/stages chosen for the tile;
 2. around the best tile, one parameter at a time: num_warps ∈ {4, 8}, num_stages ∈ {3, 4, 5}, GROUP_SIZE_M
-   ∈ {1, 16}, BLOCK_SIZE_K ∈ {64, 128, 256};
+   ∈ {1, 16}, BLOCK_SIZE_K ∈ {64, 128, 256}, and (no block scales) ``fuse_up`` (gate and up as one tile);
 3. GEMM2's own config (a ``"gemm2"`` override, :mod:`moejit.triton.configs`): BLOCK_SIZE_N, BLOCK_SIZE_K, warps,
    stages, GROUP_SIZE_M in turn, each from the best so far (GEMM1 accumulates gate and up tiles over the hidden
    size, GEMM2 one tile over the intermediate size, so one tile rarely suits both).
@@ -79,12 +79,18 @@ def tile_candidates(m: int, e: int, topk: int, block_shape=None) -> list[dict]:
 
 
 def refine_candidates(best: dict, block_shape=None) -> list[dict]:
-    """Round 2: one parameter at a time around the best tile."""
+    """Round 2: one parameter at a time around the best tile (and, without block scales, GEMM1 with gate and up
+    in one interleaved tile: ``fuse_up``)."""
     out = []
-    for key, values in (("num_warps", (4, 8)), ("num_stages", (3, 4, 5)), ("GROUP_SIZE_M", (1, 16)),
-                        ("BLOCK_SIZE_K", (64, 128, 256))):
+    space = [("num_warps", (4, 8)), ("num_stages", (3, 4, 5)), ("GROUP_SIZE_M", (1, 16)),
+             ("BLOCK_SIZE_K", (64, 128, 256))]
+    if block_shape is None:
+        space.append(("fuse_up", (0, 1)))
+    for key, values in space:
         for v in values:
             c = dict(best, **{key: v})
+            if key == "fuse_up" and not v:
+                c.pop("fuse_up")
             if key == "BLOCK_SIZE_K" and block_shape is not None and block_shape[1] % v:
                 continue
             if c != best and smem_bytes(c) <= SMEM_LIMIT and c not in out:
@@ -316,7 +322,7 @@ def tune(models, tp_sizes, batch_sizes, shapes, quant_modes, qdtype, iters, outp
         for label, e, topk, k, n in todo:
             for mode in quant_modes:
                 mode_args = _mode_args(mode)
-                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 10 + GEMM2_ROUND
+                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 11 + GEMM2_ROUND
                             for m in batch_sizes)
                 task = progress.add_task(f"{label} {mode}", total=total)
                 name = cfgs.config_file_name(e, n, k, topk, device, dtype_name, mode)
