@@ -50,7 +50,7 @@ def main() -> int:
         e, n, k, topk = (int(name.group(i)) for i in range(2, 6))
         meta = dict(device=args.device.replace("_", " "), E=e, N=n, K=k, topk=topk, dtype=name.group(6),
                     quant=name.group(7), tool="moejit tune", note=f"rebuilt from the tune log {args.log.name}")
-        path = args.out / name.group(1)
+        path = args.out / name.group(1).replace(" ", "")  # a wrap inside the name (names hold no spaces)
         if path in written:  # the log names each table twice (the cache and --output)
             continue
         if path.exists():

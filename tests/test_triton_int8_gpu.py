@@ -123,5 +123,5 @@ def test_tuner_times_an_int8_config(gen):
 
     inputs = tune._make_inputs(8, 2, 256, 128, 64, True, None, torch.int8, gen)
     cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
-    us = tune.time_config(inputs, (True, True, None), cfg, iters=3)
+    us = tune.time_config(inputs, tune.ModeArgs(True, True, None), cfg, iters=3)
     assert us is not None and us > 0

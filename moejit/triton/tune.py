@@ -335,10 +335,10 @@ def tune(models, tp_sizes, batch_sizes, shapes, quant_modes, qdtype, iters, outp
                         write_table(table, path, meta, ratios)
 
                 tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress, task,
-                           log=progress.console.print, on_batch=write)
+                           log=lambda line: progress.console.print(line, soft_wrap=True), on_batch=write)
                 progress.update(task, completed=total)
                 for path in paths:
-                    progress.console.print(f"wrote {path}")
+                    progress.console.print(f"wrote {path}", soft_wrap=True)  # unwrapped: scripts parse the log
     cfgs.load_table.cache_clear()
 
 
