@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moejit import ops  # noqa: E402
-from moejit.bench.profile import format_breakdown, kernel_breakdown  # noqa: E402
+from moejit.bench.profile import profile_report  # noqa: E402
 from moejit.bench.roofline import measure_copy_gbps  # noqa: E402
 from moejit.bench.timing import time_cuda_graph  # noqa: E402
 from moejit.reference import moe_fp8_ref, rel_error  # noqa: E402
@@ -114,9 +114,8 @@ def main() -> int:
                   f"{vllm[m] / t.median_us:8.2f}x {floor_us:9.1f} {t.median_us / floor_us:9.2f}x {cfg:>8s}"
                   + "".join(f"  {k_}={v:.1f}" for k_, v in extra.items()), flush=True)
             if args.profile:
-                kernels = kernel_breakdown(layer)
-                row["kernels"] = [dict(name=r.name, launches=r.launches, us=round(r.us, 2)) for r in kernels]
-                print(format_breakdown(kernels, t.median_us), flush=True)
+                row["kernels"], text = profile_report(layer, t.median_us)
+                print(text, flush=True)
         del weights, layer
         torch.cuda.empty_cache()
     if args.json:

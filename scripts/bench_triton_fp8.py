@@ -101,7 +101,7 @@ def promotion_probe(a, w1, w2, tw, ids, s1, s2, intervals, iters):
     from moejit.moe.triton_fp8 import _QUANT_NAMES, _fused_moe_quantized
     from moejit.reference import moe_fp8_ref, rel_error
     from moejit.triton import configs
-    from moejit.triton.tune import SMEM_LIMIT, smem_bytes
+    from moejit.triton.tune import fit_stages
 
     m, k = a.shape
     e, two_n, _ = w1.shape
@@ -113,8 +113,7 @@ def promotion_probe(a, w1, w2, tw, ids, s1, s2, intervals, iters):
         # a dot promotes at most once per K step (fused_moe.py), so a longer interval needs a longer K step
         c = {**cfg, "promote_every": p, "BLOCK_SIZE_K": max(cfg["BLOCK_SIZE_K"], p)}
         c.pop(configs.GEMM2, None)  # one config for both GEMMs here
-        while smem_bytes(c) > SMEM_LIMIT and c["num_stages"] > 2:  # the longer K step needs more shared memory
-            c["num_stages"] -= 1
+        fit_stages(c)  # the longer K step needs more shared memory
         run = lambda x=a, t=tw, i=ids: _fused_moe_quantized(x, w1, w2, t, i, s1, s2, None, None, True, True,  # noqa
                                                             None, a.dtype, c)
         err = rel_error(run(a[:mc], tw[:mc], ids[:mc]), ref)
@@ -141,8 +140,6 @@ def main() -> int:
                     help="also run the layer with FP8 promotion every P products (0: never) on each shape's "
                          "config: µs and error against moe_fp8_ref (the promotion interval's accuracy/speed "
                          "trade on this GPU's tensor cores)")
-    ap.add_argument("--override", action="append", default=[], metavar="KEY:VAL[,KEY:VAL]",
-                    help="also time the layer with these config keys changed (e.g. fuse_up:1), repeatable")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
@@ -176,22 +173,10 @@ def main() -> int:
                        p10=round(t.p10_us, 1), p90=round(t.p90_us, 1), vllm_us=ref_us,
                        speedup=round(ref_us / t.median_us, 2))
             if args.profile:
-                from moejit.bench.profile import format_breakdown, kernel_breakdown
+                from moejit.bench.profile import profile_report
 
-                kernels = kernel_breakdown(fn)
-                row["kernels"] = [dict(name=r.name, launches=r.launches, us=round(r.us, 2)) for r in kernels]
-                print(format_breakdown(kernels, t.median_us), flush=True)
-            for spec in args.override:
-                from moejit.moe.triton_fp8 import _QUANT_NAMES, _fused_moe_quantized
-                from moejit.triton import configs
-
-                cfg = configs.get_config(m, e, n, k, topk, _QUANT_NAMES[w1.dtype], "token_channel")
-                cfg = {**cfg, **{kv.split(":")[0]: int(kv.split(":")[1]) for kv in spec.split(",")}}
-                run = lambda c=cfg: _fused_moe_quantized(a, w1, w2, tw, ids, s1, s2, None, None, True, True,  # noqa
-                                                         None, a.dtype, c)
-                us = time_cuda_graph(run, ops_per_graph=10, iters=args.iters).median_us
-                row.setdefault("overrides", {})[spec] = round(us, 1)
-                print(f"  with {spec}: {us:.1f} us (base {t.median_us:.1f}; config {cfg})", flush=True)
+                row["kernels"], text = profile_report(fn, t.median_us)
+                print(text, flush=True)
             if args.promote:
                 row["promote"] = promotion_probe(a, w1, w2, tw, ids, s1, s2, args.promote, args.iters)
             if args.breakdown:

@@ -125,15 +125,14 @@ def test_int8_hybrid_quantizers_compile_for_hopper(compiled, monkeypatch, varian
 
 @pytest.mark.parametrize("dtype, shape, m", [(FP8, "mixtral-8x7b", 8192), (FP8, "qwen3.6-35b-a3b", 64),
                                              (torch.int8, "deepseek-v3-tp8", 8192)])
-def test_fuse_up_and_gemm2_overrides_compile_for_hopper(compiled, dtype, shape, m):
-    """A tuned table's variants: GEMM1 with gate and up as one interleaved tile (``fuse_up``), GEMM2 on its own
-    tile (``gemm2``)."""
+def test_gemm2_overrides_compile_for_hopper(compiled, dtype, shape, m):
+    """A tuned table's variant: GEMM2 on its own tile (``gemm2``)."""
     a, w1, w2, (tw, ids), s1, s2 = _layer_inputs(dtype, shape, "token_channel", m)
     e, topk, k, n = SHAPES[shape]
-    cfg = dict(configs.heuristic_config(m, e, n, k, topk), fuse_up=1, gemm2=dict(BLOCK_SIZE_N=256, num_stages=3))
+    cfg = dict(configs.heuristic_config(m, e, n, k, topk), gemm2=dict(BLOCK_SIZE_N=256, num_stages=3))
     _fused_moe_quantized(a, w1, w2, tw, ids, s1, s2, None, None, True, True, None, torch.bfloat16, config=cfg)
     gemm1, gemm2 = [c for c in compiled if c.kernel == "fused_moe_kernel"]
-    assert gemm1.constexprs["FUSE_UP"] and gemm1.constexprs["SILU_MUL"]
+    assert gemm1.constexprs["SILU_MUL"] and gemm1.constexprs["BLOCK_SIZE_N"] == cfg["BLOCK_SIZE_N"]
     assert gemm2.constexprs["BLOCK_SIZE_N"] == 256 and gemm2.num_stages == 3
     for c in compiled:
         assert c.shared <= MAX_SHARED_BYTES, f"{c.kernel} {c.constexprs} needs {c.shared} B of shared memory"

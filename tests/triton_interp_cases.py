@@ -108,12 +108,11 @@ def test_quant(seeded, mode, silu):
         assert_fp8_equal(q[live], unrounded.to(torch.float8_e4m3fn), unrounded)
 
 
-@pytest.mark.parametrize("variant", ["plain", "fuse_up"])
+@pytest.mark.parametrize("variant", ["plain", "gemm2"])
 @pytest.mark.parametrize("mode", ["token_channel", "tensor_tensor", "static", "block"])
 def test_fused_moe_layer_small(seeded, monkeypatch, mode, variant):
     """The whole layer (alignment, quantization, GEMM1 with fused SiLU·mul, GEMM2 with the router weight, the
-    masked sum) on the CPU; ``fuse_up``: gate and up in one interleaved weight tile (block scales ignore it), and
-    GEMM2 on its own tile (a config's "gemm2" overrides). fp16 activations: the interpreter's float32 → bf16 conversion is inexact too. The
+    masked sum) on the CPU; ``gemm2``: GEMM2 on its own tile (a config's "gemm2" overrides). fp16 activations: the interpreter's float32 → bf16 conversion is inexact too. The
     interpreter's e4m3 conversion defect (see above) would dominate the error, so the quantized values are
     re-derived with torch from the kernels' own scales (test_quant checks the kernels' values themselves)."""
     import moejit.triton.quant as tq
@@ -137,7 +136,7 @@ def test_fused_moe_layer_small(seeded, monkeypatch, mode, variant):
     ids = torch.randint(0, e, (m, topk), generator=seeded, dtype=torch.int32)
     ids[1, 0] = -1
     weights = torch.rand(m, topk, generator=seeded)
-    extra = dict(fuse_up=1, gemm2=dict(BLOCK_SIZE_N=64, BLOCK_SIZE_K=32)) if variant == "fuse_up" else {}
+    extra = dict(gemm2=dict(BLOCK_SIZE_N=64, BLOCK_SIZE_K=32)) if variant == "gemm2" else {}
     out = _fused_moe_quantized(a, w1, w2, weights, ids, s1, s2, a1, a2, per_token, per_ch, block, torch.float16,
                                config=dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=32, BLOCK_SIZE_K=64, GROUP_SIZE_M=1,
                                            num_warps=4, num_stages=2, **extra))

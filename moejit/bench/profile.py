@@ -43,6 +43,14 @@ def kernel_breakdown(fn: Callable[[], object], iters: int = 10, warmup: int = 3)
     return sorted(rows, key=lambda r: -r.us)
 
 
+def profile_report(fn: Callable[[], object], total_us: float | None = None) -> tuple[list[dict], str]:
+    """:func:`kernel_breakdown` of ``fn`` as JSON rows (name, launches, µs) and as :func:`format_breakdown`'s
+    table: what the layer benchmark scripts record and print."""
+    rows = kernel_breakdown(fn)
+    return ([dict(name=r.name, launches=r.launches, us=round(r.us, 2)) for r in rows],
+            format_breakdown(rows, total_us))
+
+
 def short_name(name: str, width: int = 70) -> str:
     """A kernel name cut to ``width`` characters (CUTLASS template names run to kilobytes)."""
     if name.startswith("void "):  # a demangled signature: drop the return type and the parameter list

@@ -25,9 +25,6 @@ from pathlib import Path
 
 PACKAGE_CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
-# optional switches a table entry may carry: "fuse_up" (GEMM1 loads gate and up rows as one interleaved tile and
-# runs one dot per K step, moejit.triton.fused_moe), 0 or 1
-OPTIONAL_KEYS = ("fuse_up",)
 GEMM2 = "gemm2"  # the key of GEMM2's overrides in a config
 GEMM2_KEYS = CONFIG_KEYS[1:]  # what GEMM2 may run differently: all but BLOCK_SIZE_M (the shared alignment)
 
@@ -82,7 +79,6 @@ def validate_config(cfg: dict) -> dict:
     if missing:
         raise ValueError(f"config {cfg} lacks {missing}")
     out = {k: int(cfg[k]) for k in CONFIG_KEYS}
-    out.update({k: int(cfg[k]) for k in OPTIONAL_KEYS if k in cfg})
     _check_blocks(out)
     if cfg.get(GEMM2):
         extra = sorted(set(cfg[GEMM2]) - set(GEMM2_KEYS))

@@ -104,15 +104,13 @@ def fused_moe_kernel(
     TOP_K: tl.constexpr, A_MODE: tl.constexpr, W_MODE: tl.constexpr,
     QBLOCK: tl.constexpr, SG_BLOCKS: tl.constexpr, ONE_GROUP: tl.constexpr,
     GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, MUL_ROUTED_WEIGHT: tl.constexpr, SILU_MUL: tl.constexpr,
-    EVEN_K: tl.constexpr, PROMOTE_EVERY: tl.constexpr, FUSE_UP: tl.constexpr,
+    EVEN_K: tl.constexpr, PROMOTE_EVERY: tl.constexpr,
     BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
 ):
     """``C[slot, n] = scales · Σ_k A[slot // TOP_K, k] · W[e, n, k]``. With SILU_MUL, W has 2N rows (gate ‖ up) and
     each program computes the gate tile and the matching up tile and stores ``silu(gate) · up``. Hybrid (A_MODE 3):
     ``a_scale_ptr`` holds Q (int32 ``[rows, K/QBLOCK]``), ``a_f_ptr`` F (float32 ``[rows, G]``); ONE_GROUP when the
-    whole K is one super group (``K <= SG_BLOCKS · QBLOCK``). FUSE_UP (SILU_MUL, per-tensor/token/channel scales):
-    gate and up rows interleaved in one [BLOCK_SIZE_K, 2·BLOCK_SIZE_N] weight tile and one dot per K step (one
-    promotion wait instead of two), split after the loop."""
+    whole K is one super group (``K <= SG_BLOCKS · QBLOCK``)."""
     # grouped ordering of (m-block, n-block) tiles: GROUP_SIZE_M m-blocks share each sweep over N (L2 reuse of W)
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
@@ -141,14 +139,7 @@ def fused_moe_kernel(
     w_ptrs = w_ptr + expert * stride_we + offs_wn[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
     u_ptrs = w_ptr + expert * stride_we + offs_wu[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
 
-    # FUSE_UP: column 2j of the weight tile is gate row n_j, column 2j + 1 up row n_j + N
-    FUSE: tl.constexpr = FUSE_UP and SILU_MUL and W_MODE != 2 and A_MODE != 3
-    offs_j = tl.arange(0, 2 * BLOCK_SIZE_N if FUSE else 16)
-    offs_wg = (pid_n * BLOCK_SIZE_N + offs_j // 2) % N + (offs_j % 2) * N
-    g_ptrs = w_ptr + expert * stride_we + offs_wg[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
-
     ACC_T: tl.constexpr = tl.int32 if (IS_INT and W_MODE != 2) else tl.float32
-    acc_g = tl.zeros((BLOCK_SIZE_M, 2 * BLOCK_SIZE_N if FUSE else 16), dtype=ACC_T)
     acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=ACC_T)
     acc_u = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N if SILU_MUL else 16), dtype=ACC_T)
     # hybrid with several super groups: float accumulators that take each group's int32 sum times F
@@ -160,15 +151,7 @@ def fused_moe_kernel(
     w_s_ptrs = w_scale_ptr + expert * stride_wse + (offs_wn // GROUP_N) * stride_wsn
     u_s_ptrs = w_scale_ptr + expert * stride_wse + (offs_wu // GROUP_N) * stride_wsn
     for k0 in range(0, K, BLOCK_SIZE_K):
-        if FUSE:
-            if EVEN_K:
-                a = tl.load(a_ptrs, mask=slot_mask[:, None], other=0.0)
-                g = tl.load(g_ptrs)
-            else:
-                k_mask = offs_k < K - k0
-                a = tl.load(a_ptrs, mask=slot_mask[:, None] & k_mask[None, :], other=0.0)
-                g = tl.load(g_ptrs, mask=k_mask[:, None], other=0.0)
-        elif EVEN_K:
+        if EVEN_K:
             a = tl.load(a_ptrs, mask=slot_mask[:, None], other=0.0)
             w = tl.load(w_ptrs)
             if SILU_MUL:
@@ -179,9 +162,7 @@ def fused_moe_kernel(
             w = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
             if SILU_MUL:
                 u = tl.load(u_ptrs, mask=k_mask[:, None], other=0.0)
-        if FUSE:
-            acc_g = _mma(acc_g, a, g, IS_INT, PROMOTE_EVERY)
-        elif A_MODE == 3:
+        if A_MODE == 3:
             # one K step lies inside one Q block (QBLOCK % BLOCK_SIZE_K == 0): Q·P summed in int32
             q = tl.load(a_s_ptrs + k0 // QBLOCK, mask=slot_mask, other=0)
             acc += tl.dot(a, w, out_dtype=tl.int32) * q[:, None]
@@ -208,10 +189,6 @@ def fused_moe_kernel(
         a_ptrs += BLOCK_SIZE_K
         w_ptrs += BLOCK_SIZE_K
         u_ptrs += BLOCK_SIZE_K
-        g_ptrs += BLOCK_SIZE_K
-
-    if FUSE:
-        acc, acc_u = tl.split(tl.reshape(acc_g, (BLOCK_SIZE_M, BLOCK_SIZE_N, 2)))
 
     if A_MODE == 3:  # the last (or only) super group; after an exact fold its sum is zero
         last_g = (K - 1) // (SG_BLOCKS * QBLOCK)
@@ -278,7 +255,7 @@ def invoke_fused_moe_gemm(a: torch.Tensor, w: torch.Tensor, c: torch.Tensor, a_s
         TOP_K=top_k, A_MODE=a_mode, W_MODE=w_mode, QBLOCK=qblock, SG_BLOCKS=sg_blocks,
         ONE_GROUP=k <= qblock * sg_blocks, GROUP_N=group_n, GROUP_K=group_k,
         MUL_ROUTED_WEIGHT=topk_weights is not None, SILU_MUL=silu_mul, EVEN_K=k % bk == 0,
-        PROMOTE_EVERY=min(config.get("promote_every", PROMOTE_INTERVAL), bk), FUSE_UP=bool(config.get("fuse_up", 0)),
+        PROMOTE_EVERY=min(config.get("promote_every", PROMOTE_INTERVAL), bk),
         BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=config.get("GROUP_SIZE_M", 1),
         num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 3),
     )

@@ -7,7 +7,7 @@ For every model × TP size × quantization mode, and every batch size M, the who
 1. tiles: BLOCK_SIZE_M from the expected rows per expert (``M·topk/E``; at most three sizes), BLOCK_SIZE_N
    ∈ {64, 128, 256}, with warps/stages chosen for the tile;
 2. around the best tile, one parameter at a time: num_warps ∈ {4, 8}, num_stages ∈ {3, 4, 5}, GROUP_SIZE_M
-   ∈ {1, 16}, BLOCK_SIZE_K ∈ {64, 128, 256}, and (no block scales) ``fuse_up`` (gate and up as one tile);
+   ∈ {1, 16}, BLOCK_SIZE_K ∈ {64, 128, 256};
 3. GEMM2's own config (a ``"gemm2"`` override, :mod:`moejit.triton.configs`): BLOCK_SIZE_N, BLOCK_SIZE_K, warps,
    stages, GROUP_SIZE_M in turn, each from the best so far (GEMM1 accumulates gate and up tiles over the hidden
    size, GEMM2 one tile over the intermediate size, so one tile rarely suits both).
@@ -60,6 +60,13 @@ def smem_bytes(cfg: dict, silu_mul: bool = True, elem_bytes: int = 1) -> int:
                                                                     cfg["BLOCK_SIZE_N"])
 
 
+def fit_stages(cfg: dict, silu_mul: bool = True) -> dict:
+    """Lower ``cfg``'s num_stages (not below 2) until its pipeline fits :data:`SMEM_LIMIT`; returns ``cfg``."""
+    while smem_bytes(cfg, silu_mul) > SMEM_LIMIT and cfg["num_stages"] > 2:
+        cfg["num_stages"] -= 1
+    return cfg
+
+
 def tile_candidates(m: int, e: int, topk: int, block_shape=None) -> list[dict]:
     """Round 1: BLOCK_SIZE_M around the expected rows per expert × BLOCK_SIZE_N ∈ {64, 128, 256}."""
     rows = m * topk / max(e, 1)
@@ -72,25 +79,17 @@ def tile_candidates(m: int, e: int, topk: int, block_shape=None) -> list[dict]:
             warps = 4 if bm * bn <= 64 * 128 else 8
             c = dict(BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=1 if bm <= 32 else 16,
                      num_warps=warps, num_stages=4 if bm <= 32 else 3)
-            while smem_bytes(c) > SMEM_LIMIT and c["num_stages"] > 2:
-                c["num_stages"] -= 1
-            out.append(c)
+            out.append(fit_stages(c))
     return out
 
 
 def refine_candidates(best: dict, block_shape=None) -> list[dict]:
-    """Round 2: one parameter at a time around the best tile (and, without block scales, GEMM1 with gate and up
-    in one interleaved tile: ``fuse_up``)."""
+    """Round 2: one parameter at a time around the best tile."""
     out = []
-    space = [("num_warps", (4, 8)), ("num_stages", (3, 4, 5)), ("GROUP_SIZE_M", (1, 16)),
-             ("BLOCK_SIZE_K", (64, 128, 256))]
-    if block_shape is None:
-        space.append(("fuse_up", (0, 1)))
-    for key, values in space:
+    for key, values in (("num_warps", (4, 8)), ("num_stages", (3, 4, 5)), ("GROUP_SIZE_M", (1, 16)),
+                        ("BLOCK_SIZE_K", (64, 128, 256))):
         for v in values:
             c = dict(best, **{key: v})
-            if key == "fuse_up" and not v:
-                c.pop("fuse_up")
             if key == "BLOCK_SIZE_K" and block_shape is not None and block_shape[1] % v:
                 continue
             if c != best and smem_bytes(c) <= SMEM_LIMIT and c not in out:
@@ -322,7 +321,7 @@ def tune(models, tp_sizes, batch_sizes, shapes, quant_modes, qdtype, iters, outp
         for label, e, topk, k, n in todo:
             for mode in quant_modes:
                 mode_args = _mode_args(mode)
-                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 11 + GEMM2_ROUND
+                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 10 + GEMM2_ROUND
                             for m in batch_sizes)
                 task = progress.add_task(f"{label} {mode}", total=total)
                 name = cfgs.config_file_name(e, n, k, topk, device, dtype_name, mode)
