@@ -67,11 +67,18 @@ def test_permute_quant_kernel_bit_exact(interpret, m, topk, e, k, b, s, seeded):
     hidden = _rand(m, k, seeded)
     hidden[m // 2] = 0
     ids = torch.randint(-1, e, (m, topk), generator=seeded).int()
-    rows, _, sort_idx, _ = moe_permute_ref(hidden, ids, e)
+    ids[0, 0] = -1  # at least one dropped slot
+    rows, offsets, sort_idx, inv_idx = moe_permute_ref(hidden, ids, e)
     got = ops.int8_hybrid_permute_quant(hidden, sort_idx, topk, b, s, 16)
     ref = int8_hybrid_quant_ref(rows, b, s, 16)
     for name, g, r in zip(("xq", "Q", "F"), got, ref):
         assert torch.equal(g, r), f"{name} differs from quantizing the permuted rows"
+    # with the layer's inverse map: the dropped slots' rows (past the last expert) are skipped, the rest equal
+    live = int(offsets[-1])
+    assert live < m * topk, "the case must drop slots"
+    got = ops.int8_hybrid_permute_quant(hidden, sort_idx, topk, b, s, 16, inv_idx=inv_idx)
+    for name, g, r in zip(("xq", "Q", "F"), got, ref):
+        assert torch.equal(g[:live], r[:live]), f"{name} (inv_idx) differs from quantizing the permuted rows"
 
 
 def assert_silu_quant_close(got, ref, x_f32, b, s, q_max):
@@ -125,6 +132,8 @@ def test_quant_wrappers_reject_bad_input(interpret):
         ops.int8_hybrid_permute_quant(x, torch.zeros(5, dtype=torch.int32), 2)
     with pytest.raises(MoejitInputError, match="sort_idx must have dtype"):
         ops.int8_hybrid_permute_quant(x, torch.zeros(8, dtype=torch.int64), 2)
+    with pytest.raises(MoejitInputError, match="inv_idx has 5 entries"):
+        ops.int8_hybrid_permute_quant(x, torch.zeros(8, dtype=torch.int32), 2, inv_idx=torch.zeros(5, dtype=torch.int32))
 
 
 # ---------------------------------------------------------------------------------------------------------------

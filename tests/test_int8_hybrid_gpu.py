@@ -68,6 +68,12 @@ def test_permute_quant_and_zero_width_permute(m, topk, e, k, seeded):
     ref = ops.int8_hybrid_quant(rows)
     for name, g, r in zip(("xq", "Q", "F"), got, ref):
         assert torch.equal(g, r), name
+    # the runner's call: with moe_permute's inverse map, the dropped slot's row (past the last expert) is skipped
+    live = int(offsets[-1])
+    assert live == m * topk - 1
+    got = ops.int8_hybrid_permute_quant(hidden, sort_idx0, topk, inv_idx=inv_idx0)
+    for name, g, r in zip(("xq", "Q", "F"), got, ref):
+        assert torch.equal(g[:live], r[:live]), name
     _, _, ref_sort, _ = moe_permute_ref(hidden.cpu(), ids.cpu(), e)
     assert torch.equal(sort_idx.cpu(), ref_sort)
 

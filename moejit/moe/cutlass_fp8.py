@@ -67,7 +67,8 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
     a_q, a_s = fp8_quant(a, a1_scale, per_token=per_act_token)
     rows, offsets, sort_idx, inv_idx = moe_permute(a_q, topk_ids, e)
     if per_act_token:
-        a_s = a_s.reshape(-1)[sort_idx.long() // topk]
+        # the scale of each permuted row's token (index_select takes the int32 index as is: two kernels, not three)
+        a_s = a_s.reshape(-1).index_select(0, torch.div(sort_idx, topk, rounding_mode="floor"))
     total = rows.shape[0]
     inter = cutlass_fp8_grouped_mm(rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32,
                                    config=grouped_mm_config(total, e, 2 * n, k))

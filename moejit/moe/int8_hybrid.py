@@ -3,7 +3,8 @@
 Pipeline of :func:`cutlass_moe_int8_hybrid` (nothing synchronizes with the host; CUDA-graph capturable)::
 
     permute (CUB sort)  ─┬─ rows → int8_hybrid_quant                   (fused_permute_quant=False)
-                         └─ int8_hybrid_permute_quant(hidden, sort_idx) (fused_permute_quant=True)
+                         └─ int8_hybrid_permute_quant(hidden, …)        (fused_permute_quant=True: each token
+                                                                         row quantized once, written to its slots)
     GEMM1  int8_hybrid_grouped_mm(xq, Q, F, w13_q, w13_scale)  → [rows, 2N] in hidden.dtype
     act    int8_hybrid_silu_quant(h)                            (fused_silu_quant=True)
            or silu_and_mul(h) → int8_hybrid_quant               (fused_silu_quant=False)
@@ -204,7 +205,7 @@ def hybrid_stages(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_i
             # the permutation only: a zero-width hidden runs the same sort and copies nothing (module docstring)
             _, st["offsets"], sort_idx, st["inv_idx"] = common.moe_permute(hidden.new_empty((m, 0)), topk_ids,
                                                                            num_experts)
-            st["a1"] = int8_hybrid_permute_quant(hidden, sort_idx, topk, b, s, qm)
+            st["a1"] = int8_hybrid_permute_quant(hidden, sort_idx, topk, b, s, qm, inv_idx=st["inv_idx"])
         stages.append(("permute+quant (fused)", permute_quant))
     else:
         def permute():
