@@ -9,6 +9,7 @@
 // An optional `num_rows` (int32 [1], device) limits the work to the first num_rows rows (the valid rows of a
 // permuted MoE buffer); the remaining rows of q (and of per-token scales) are left unwritten.
 
+#include <cooperative_groups.h>
 #include <cuda_fp8.h>
 
 #include "common.h"
@@ -20,6 +21,7 @@ namespace {
 constexpr float kFp8Max = 448.0f;
 constexpr float kMinScale = 1e-12f;
 constexpr int kThreads = 256;
+constexpr int kSplitThreads = 128;  // token_quant_split_kernel's CTA
 
 template <typename T>
 struct alignas(8 * sizeof(T)) Vec8 {
@@ -228,7 +230,71 @@ __global__ void __launch_bounds__(kThreads) token_quant_cached_kernel(const T* _
   }
 }
 
-int grid_for(int64_t rows) {
+// Dynamic per-token for few rows (decode), the row split over a thread-block cluster of C CTAs (C = 2, 4 or 8, the
+// launch's cluster dimension). With a row per block (or eight per block for a warp a row) a decode step of 8 to 32
+// rows runs on 4 to 32 of the GPU's 132 multiprocessors. Here each CTA of a row's cluster keeps its slice in
+// registers, kMaxVec vectors of 8 a thread (vector i of CTA `rank`: columns ((i · C + rank) · kSplitThreads + t) · 8,
+// so a warp's loads are contiguous); each warp's |x| max goes to its CTA's shared memory, every warp reads all C ×
+// kSplitThreads / 32 partial maxima through distributed shared memory, and so every thread of the cluster computes
+// the same scale (the maximum is order-independent; NaN wins as everywhere) and quantizes its slice. The same
+// reader, max_nan, scale_from_amax and to_fp8 as the kernels above: the bytes and scales are theirs. Needs cols % 8
+// == 0, 8-element-aligned rows and cols <= C · kSplitThreads · kMaxVec · 8; the grid is rows · C CTAs (no grid
+// stride), and a cluster whose row is past num_rows leaves as a whole (its CTAs share the row, so none waits).
+template <typename T, typename R, bool kGated, int kMaxVec>
+__global__ void __launch_bounds__(kSplitThreads) token_quant_split_kernel(const T* __restrict__ x,
+                                                                          __nv_fp8_e4m3* __restrict__ q,
+                                                                          int64_t rows, int64_t cols,
+                                                                          const int32_t* __restrict__ num_rows,
+                                                                          float* __restrict__ scales) {
+  namespace cg = cooperative_groups;
+  constexpr int kWarps = kSplitThreads / 32;
+  __shared__ float warp_max[kWarps];
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int csize = static_cast<int>(cluster.num_blocks());
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int64_t r = blockIdx.x / csize;
+  if (r >= row_limit(rows, num_rows)) return;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const auto rd = reader<T, R, kGated>(x, r, cols);
+  float v[kMaxVec][8];
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kMaxVec; ++i) {
+    const int64_t c = ((static_cast<int64_t>(i) * csize + rank) * kSplitThreads + threadIdx.x) * 8;
+    if (c < cols) {
+      rd.at8(c, v[i]);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) m = max_nan(m, fabsf(v[i][j]));
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = max_nan(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (lane == 0) warp_max[threadIdx.x >> 5] = m;
+  cluster.sync();  // every CTA has started and written its partial maxima
+  m = 0.0f;
+  for (int j = lane; j < csize * kWarps; j += 32) {
+    m = max_nan(m, *cluster.map_shared_rank(&warp_max[j % kWarps], j / kWarps));
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = max_nan(m, __shfl_xor_sync(0xffffffffu, m, o));
+  cluster.barrier_arrive();  // this CTA is done with the others' shared memory
+  const float s = scale_from_amax(m);
+  if (rank == 0 && threadIdx.x == 0) scales[r] = s;
+  __nv_fp8_e4m3* qr = q + r * cols;
+#pragma unroll
+  for (int i = 0; i < kMaxVec; ++i) {
+    const int64_t c = ((static_cast<int64_t>(i) * csize + rank) * kSplitThreads + threadIdx.x) * 8;
+    if (c < cols) {
+      union { __nv_fp8_e4m3 f[8]; uint2 u; } o;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o.f[j] = to_fp8(v[i][j], s);
+      *reinterpret_cast<uint2*>(qr + c) = o.u;
+    }
+  }
+  cluster.barrier_wait();  // no CTA leaves (freeing its shared memory) while another may still read it
+}
+
+int sm_count() {
   int dev = 0, sms = 132;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
   static int cached[64] = {0};
@@ -236,16 +302,64 @@ int grid_for(int64_t rows) {
     if (!cached[dev]) C10_CUDA_CHECK(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev));
     sms = cached[dev];
   }
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, static_cast<int64_t>(sms) * 8)));
+  return sms;
 }
 
-// The row-cached per-token kernel for rows that fit in registers (false: the caller launches the two-pass one).
+int grid_for(int64_t rows) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, static_cast<int64_t>(sm_count()) * 8)));
+}
+
+// The split kernel's cluster size for `rows` rows (the tensor's, an upper bound on num_rows) of `cols` columns, or 0
+// for the row-cached kernels. The rule: the largest C of 8, 4, 2 whose rows · C CTAs fit in one CTA per
+// multiprocessor, with at least 32 vectors (256 columns) for each CTA and the row in registers (kMaxVec <= 8).
+// Rows < SMs / 2 is exactly where the row-cached kernels leave most multiprocessors idle (rows CTAs for a block a
+// row, rows / 8 for a warp a row); Mixtral's 8 decode rows of 14336 get C = 8 (64 CTAs), DeepSeek-V3's 32 of 2048
+// C = 4 (128 CTAs).
+int split_cluster_size(int64_t rows, int64_t cols) {
+  const int64_t sms = sm_count();
+  for (const int c : {8, 4, 2}) {
+    if (rows * c <= sms && cols >= 256 * c && ceil_div(cols, 8 * c) <= kSplitThreads * 8) return c;
+  }
+  return 0;
+}
+
+template <typename T, typename R, bool kGated>
+bool launch_token_quant_split(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64_t cols, const int32_t* num_rows,
+                              float* scales, cudaStream_t stream) {
+  const int cluster = split_cluster_size(rows, cols);
+  if (cluster == 0) return false;
+  const int64_t vecs_per_cta = ceil_div(cols, 8 * cluster);
+  auto go = [&](auto kernel) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(rows * cluster));
+    config.blockDim = dim3(kSplitThreads);
+    config.dynamicSmemBytes = 0;
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, x, q, rows, cols, num_rows, scales));
+    return true;
+  };
+  if (vecs_per_cta <= kSplitThreads * 1) return go(token_quant_split_kernel<T, R, kGated, 1>);
+  if (vecs_per_cta <= kSplitThreads * 2) return go(token_quant_split_kernel<T, R, kGated, 2>);
+  if (vecs_per_cta <= kSplitThreads * 4) return go(token_quant_split_kernel<T, R, kGated, 4>);
+  return go(token_quant_split_kernel<T, R, kGated, 8>);
+}
+
+// The row-split kernel for few rows, else the row-cached one for rows that fit in registers (false: the caller
+// launches the two-pass one).
 template <typename T, typename R, bool kGated, bool kVec>
 bool launch_token_quant_cached(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64_t cols, const int32_t* num_rows,
                                float* scales, cudaStream_t stream) {
   if constexpr (!kVec) {
     return false;
   } else {
+    if (launch_token_quant_split<T, R, kGated>(x, q, rows, cols, num_rows, scales, stream)) return true;
     auto go = [&](auto kernel, int rows_per_block) {
       const int grid = grid_for(ceil_div(rows, static_cast<int64_t>(rows_per_block)));
       kernel<<<grid, kThreads, 0, stream>>>(x, q, rows, cols, num_rows, scales);

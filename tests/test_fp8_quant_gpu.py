@@ -12,9 +12,16 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     reason="the sm90_fp8 module is built for Hopper (sm_90a) only")]
 
 DTYPES = [torch.bfloat16, torch.float16]
-# (7, 100): the non-vectorized path. Per token, rows of up to 16384 columns stay in registers (a warp per row up to
-# 2048, else the block; 520: a warp's 64 vectors with a partial one), longer ones take the two-pass kernel (20480)
-SHAPES = [(1, 16), (7, 100), (64, 4096), (333, 2048), (5, 520), (2, 14336), (3, 20480)]
+# (7, 100): the non-vectorized path. Per token, fewer rows than half the multiprocessors split each row over a
+# cluster of CTAs (64 rows of 4096, 5 of 520 and 2 of 14336 and 20480 here; SPLIT_SHAPES below); more rows of up to
+# 16384 columns stay in registers (a warp per row up to 2048, else the block), longer ones take the two-pass kernel
+# (80 × 20480)
+SHAPES = [(1, 16), (7, 100), (64, 4096), (333, 2048), (5, 520), (2, 14336), (3, 20480), (80, 14336), (80, 20480)]
+# Decode-sized row counts of the model widths: the cluster-split per-token kernel (C = 8 up to 16 rows, 4 up to 33,
+# on a 132-multiprocessor GPU)
+SPLIT_SHAPES = [(rows, cols) for rows in (1, 3, 8, 32) for cols in (2048, 4096, 7168, 14336)]
+# rows that no cluster split takes (more than half of any Hopper GPU's multiprocessors): the row-cached kernels
+MANY_ROWS = 300
 MODES = ["static", "tensor", "token"]
 
 
@@ -52,9 +59,10 @@ def test_fp8_quant_matches_reference_exactly(dtype, shape, mode, seeded):
 @pytest.mark.parametrize("dtype, round_dtype", [(torch.bfloat16, None), (torch.float16, None),
                                                 (torch.float32, torch.bfloat16), (torch.float32, torch.float16)])
 # more rows than the row-cached kernels' grids hold at once (8500 for a warp per row, 1100 for a block per row),
-# and past the registers' 16384 columns
-@pytest.mark.parametrize("shape", [(1, 32), (9, 200), (128, 2 * 1536), (40, 2 * 14336), (8500, 2 * 256),
-                                   (1100, 2 * 4096), (2, 2 * 17408)])
+# and past the registers' 16384 columns (80 rows: the two-pass kernel; 2 rows: the cluster split); 40 rows: the
+# cluster split, 80 the block per row
+@pytest.mark.parametrize("shape", [(1, 32), (9, 200), (128, 2 * 1536), (40, 2 * 14336), (80, 2 * 14336),
+                                   (8500, 2 * 256), (1100, 2 * 4096), (2, 2 * 17408), (80, 2 * 17408)])
 @pytest.mark.parametrize("mode", MODES)
 def test_silu_mul_fp8_quant(dtype, round_dtype, shape, mode, seeded):
     x = _x(shape, dtype, seeded)
@@ -73,6 +81,91 @@ def test_silu_mul_fp8_quant(dtype, round_dtype, shape, mode, seeded):
     torch.testing.assert_close(s, s_ref.reshape(s.shape), rtol=1e-2, atol=0)
     assert rel_error(fp8_dequant_ref(q, s), fp8_dequant_ref(q_ref, s_ref)) < 1e-2
     assert (_bytes(q) != _bytes(q_ref)).float().mean().item() < 1e-2
+
+
+def _padded(x, rows=MANY_ROWS):
+    """x's rows followed by others, so that the row-cached kernels (not the cluster split) run; per token, a row's
+    bytes and scale do not depend on the other rows."""
+    pad = torch.randn(rows - x.shape[0], x.shape[1], device=x.device).to(x.dtype)
+    return torch.cat([x, pad])
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float32])
+@pytest.mark.parametrize("shape", SPLIT_SHAPES)
+def test_token_quant_split_rows_match_reference_exactly(dtype, shape, seeded):
+    """Few rows: each row is split over a cluster of CTAs, whose partial maxima meet in distributed shared memory.
+    The bytes and scales are the reference's, and the row-cached kernel's for the same rows."""
+    x = _x(shape, dtype, seeded)
+    q, s = ops.fp8_quant(x, per_token=True)
+    q_ref, s_ref = fp8_quant_ref(x.cpu(), per_token=True)
+    assert q.shape == x.shape and s.shape == (shape[0], 1)
+    assert torch.equal(s.cpu(), s_ref.reshape(s.shape))
+    assert torch.equal(_bytes(q).cpu(), _bytes(q_ref))
+    q_rc, s_rc = ops.fp8_quant(_padded(x), per_token=True)
+    assert torch.equal(_bytes(q), _bytes(q_rc[:shape[0]])) and torch.equal(s, s_rc[:shape[0]])
+
+
+@pytest.mark.parametrize("dtype, round_dtype", [(torch.bfloat16, None), (torch.float16, None),
+                                                (torch.float32, torch.bfloat16), (torch.float32, torch.float16)])
+@pytest.mark.parametrize("shape", [(rows, 2 * cols) for rows, cols in SPLIT_SHAPES])
+def test_silu_mul_token_quant_split_rows(dtype, round_dtype, shape, seeded):
+    """The gated variant at decode sizes (Mixtral's 14336, DeepSeek-V3's 2048 outputs): as close to the reference as
+    test_silu_mul_fp8_quant requires, and bit for bit the row-cached kernel's (same SiLU, rounding and division)."""
+    x = _x(shape, dtype, seeded)
+    q, s = ops.silu_mul_fp8_quant(x, per_token=True, round_dtype=round_dtype)
+    xc = x.cpu()
+    n = xc.shape[1] // 2
+    act = (torch.nn.functional.silu(xc[:, :n].float()) * xc[:, n:].float()).to(round_dtype or dtype)
+    q_ref, s_ref = fp8_quant_ref(act, per_token=True)
+    assert q.shape == act.shape and s.shape == (shape[0], 1)
+    torch.testing.assert_close(s.cpu(), s_ref.reshape(s.shape), rtol=1e-2, atol=0)
+    assert rel_error(fp8_dequant_ref(q.cpu(), s.cpu()), fp8_dequant_ref(q_ref, s_ref)) < 1e-2
+    assert (_bytes(q).cpu() != _bytes(q_ref)).float().mean().item() < 1e-2
+    q_rc, s_rc = ops.silu_mul_fp8_quant(_padded(x), per_token=True, round_dtype=round_dtype)
+    assert torch.equal(_bytes(q), _bytes(q_rc[:shape[0]])) and torch.equal(s, s_rc[:shape[0]])
+
+
+@pytest.mark.parametrize("fn", [ops.fp8_quant, ops.silu_mul_fp8_quant])
+@pytest.mark.parametrize("rows, cols, valid", [(8, 14336, 3), (32, 2048, 5), (3, 4096, 0), (8, 7168, 8),
+                                               (8, 7168, 100), (8, 7168, -2)])
+def test_token_quant_split_honours_num_rows(fn, rows, cols, valid, seeded):
+    """Only the first clamp(num_rows, 0, rows) rows are quantized; the others (poisoned through the caching
+    allocator: e4m3 NaN bytes, NaN scales) are left as they were."""
+    width = 2 * cols if fn is ops.silu_mul_fp8_quant else cols
+    x = _x((rows, width), torch.bfloat16, seeded)
+    live = min(max(valid, 0), rows)
+    num_rows = torch.tensor([valid], dtype=torch.int32, device="cuda")
+    torch.cuda.synchronize()
+    poison_q = torch.full((rows, cols), 0x7F, dtype=torch.uint8, device="cuda")
+    poison_s = torch.full((rows, 1), float("nan"), device="cuda")
+    ptrs = (poison_q.data_ptr(), poison_s.data_ptr())
+    del poison_q, poison_s
+    q, s = fn(x, per_token=True, num_rows=num_rows)
+    poisoned = (q.data_ptr(), s.data_ptr()) == ptrs
+    if live:
+        q_all, s_all = fn(x[:live].contiguous(), per_token=True)
+        assert torch.equal(_bytes(q[:live]), _bytes(q_all)) and torch.equal(s[:live], s_all)
+    if not poisoned:
+        pytest.skip("the caching allocator did not reuse the poisoned blocks")
+    assert (_bytes(q[live:]) == 0x7F).all() and s[live:].isnan().all(), "rows past num_rows were written"
+
+
+@pytest.mark.parametrize("fn", [ops.fp8_quant, ops.silu_mul_fp8_quant])
+def test_token_quant_split_zero_and_nan_rows(fn, seeded):
+    """An all-zero row gets the minimum scale and zero bytes; a NaN in one CTA's slice of a row (near its end) reaches
+    every CTA of the cluster: that row's scale and bytes are NaN, the others' are untouched."""
+    cols = 14336
+    width = 2 * cols if fn is ops.silu_mul_fp8_quant else cols
+    x = _x((8, width), torch.bfloat16, seeded)
+    x[2] = 0
+    x[5, cols - 3] = float("nan")
+    q, s = fn(x, per_token=True)
+    q_rc, s_rc = fn(_padded(x), per_token=True)
+    assert s[2].item() == pytest.approx(MIN_SCALE, rel=1e-6, abs=0) and (q.float()[2] == 0).all()
+    assert s[5].isnan().all() and q.float()[5].isnan().all()
+    others = [r for r in range(8) if r != 5]
+    assert not s[others].isnan().any() and not q.float()[others].isnan().any()
+    assert torch.equal(_bytes(q[others]), _bytes(q_rc[others])) and torch.equal(s[others], s_rc[others])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -121,11 +214,14 @@ def test_num_rows_limits_the_work(fn, mode, seeded):
 
 def test_quant_captures_in_cuda_graph(seeded):
     x = _x((64, 512), torch.bfloat16, seeded)
+    decode = _x((8, 2 * 14336), torch.float32, seeded)  # per token: the cluster split (a cluster launch)
     static = torch.tensor([0.02], device="cuda")
 
     def step():
         return (ops.fp8_quant(x), ops.fp8_quant(x, per_token=True), ops.fp8_quant(x, static),
-                ops.silu_mul_fp8_quant(x), ops.silu_mul_fp8_quant(x, per_token=True))
+                ops.silu_mul_fp8_quant(x), ops.silu_mul_fp8_quant(x, per_token=True),
+                ops.fp8_quant(decode, per_token=True),
+                ops.silu_mul_fp8_quant(decode, per_token=True, round_dtype=torch.bfloat16))
 
     step()
     torch.cuda.synchronize()
@@ -138,6 +234,7 @@ def test_quant_captures_in_cuda_graph(seeded):
             captured = step()
     torch.cuda.current_stream().wait_stream(stream)
     x.copy_(_x((64, 512), torch.bfloat16, seeded, scale=7.0))  # new data: the replay must recompute the scales
+    decode.copy_(_x((8, 2 * 14336), torch.float32, seeded, scale=7.0))
     graph.replay()
     torch.cuda.synchronize()
     for (q, s), (q_e, s_e) in zip(captured, step()):
