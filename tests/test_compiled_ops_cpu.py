@@ -227,8 +227,9 @@ def test_int8_hybrid_runner_traces_without_reading_the_device(libraries, monkeyp
         x.shape[0], x.shape[1], b, s, qm, x.device))
     monkeypatch.setattr(quant, "int8_hybrid_silu_quant", lambda x, b, s, qm: _hybrid_quant_contract(
         x.shape[0], x.shape[1] // 2, b, s, qm, x.device))
-    monkeypatch.setattr(quant, "int8_hybrid_permute_quant", lambda h, idx, topk, b, s, qm: _hybrid_quant_contract(
-        idx.shape[0], h.shape[1], b, s, qm, h.device))
+    monkeypatch.setattr(quant, "int8_hybrid_permute_quant",
+                        lambda h, idx, topk, b, s, qm, inv_idx=None: _hybrid_quant_contract(
+                            idx.shape[0], h.shape[1], b, s, qm, h.device))
     m, k, n, e, topk = 37, 130 * 128, 384, 8, 2
     with FakeTensorMode():
         cuda = dict(device="cuda")
