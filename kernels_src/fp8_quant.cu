@@ -177,6 +177,39 @@ __global__ void token_quant_kernel(const T* __restrict__ x, __nv_fp8_e4m3* __res
   }
 }
 
+// A thread's register slice of a row: vectors i < kMaxVec of 8 values at columns col(i) (those below cols).
+// load_slice reads them (applying SiLU·mul when gated) and returns their |x| maximum; store_slice writes them
+// quantized with the row's scale. Shared by the row-cached and the cluster-split per-token kernels below.
+template <int kMaxVec, typename Reader, typename Col>
+__device__ __forceinline__ float load_slice(const Reader& rd, int64_t cols, Col col, float (&v)[kMaxVec][8]) {
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kMaxVec; ++i) {
+    const int64_t c = col(i);
+    if (c < cols) {
+      rd.at8(c, v[i]);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) m = max_nan(m, fabsf(v[i][j]));
+    }
+  }
+  return m;
+}
+
+template <int kMaxVec, typename Col>
+__device__ __forceinline__ void store_slice(__nv_fp8_e4m3* qr, int64_t cols, Col col, const float (&v)[kMaxVec][8],
+                                            float s) {
+#pragma unroll
+  for (int i = 0; i < kMaxVec; ++i) {
+    const int64_t c = col(i);
+    if (c < cols) {
+      union { __nv_fp8_e4m3 f[8]; uint2 u; } o;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o.f[j] = to_fp8(v[i][j], s);
+      *reinterpret_cast<uint2*>(qr + c) = o.u;
+    }
+  }
+}
+
 // Dynamic per-token with the row kept in registers: a group of kTpr threads (a warp's lanes, or the whole block)
 // owns a row; each thread holds up to kMaxVec vectors of 8 values, so the row is read once and SiLU computed once.
 // The kernel above reads each row twice, and once the rows in flight outgrow L2 (Mixtral's 114 KB float32 GEMM1
@@ -196,18 +229,9 @@ __global__ void __launch_bounds__(kThreads) token_quant_cached_kernel(const T* _
   // with no block-wide synchronization
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kTpr; r < limit;
        r += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
-    const auto rd = reader<T, R, kGated>(x, r, cols);
+    const auto col = [lane](int i) { return (static_cast<int64_t>(i) * kTpr + lane) * 8; };
     float v[kMaxVec][8];
-    float m = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kMaxVec; ++i) {
-      const int64_t c = (static_cast<int64_t>(i) * kTpr + lane) * 8;
-      if (c < cols) {
-        rd.at8(c, v[i]);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) m = max_nan(m, fabsf(v[i][j]));
-      }
-    }
+    float m = load_slice<kMaxVec>(reader<T, R, kGated>(x, r, cols), cols, col, v);
     if constexpr (kTpr == kThreads) {
       m = block_max(m);
     } else {
@@ -216,17 +240,7 @@ __global__ void __launch_bounds__(kThreads) token_quant_cached_kernel(const T* _
     }
     const float s = scale_from_amax(m);
     if (lane == 0) scales[r] = s;
-    __nv_fp8_e4m3* qr = q + r * cols;
-#pragma unroll
-    for (int i = 0; i < kMaxVec; ++i) {
-      const int64_t c = (static_cast<int64_t>(i) * kTpr + lane) * 8;
-      if (c < cols) {
-        union { __nv_fp8_e4m3 f[8]; uint2 u; } o;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) o.f[j] = to_fp8(v[i][j], s);
-        *reinterpret_cast<uint2*>(qr + c) = o.u;
-      }
-    }
+    store_slice<kMaxVec>(q + r * cols, cols, col, v, s);
   }
 }
 
@@ -255,18 +269,11 @@ __global__ void __launch_bounds__(kSplitThreads) token_quant_split_kernel(const 
   const int64_t r = blockIdx.x / csize;
   if (r >= row_limit(rows, num_rows)) return;
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const auto rd = reader<T, R, kGated>(x, r, cols);
+  const auto col = [csize, rank](int i) {
+    return ((static_cast<int64_t>(i) * csize + rank) * kSplitThreads + threadIdx.x) * 8;
+  };
   float v[kMaxVec][8];
-  float m = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kMaxVec; ++i) {
-    const int64_t c = ((static_cast<int64_t>(i) * csize + rank) * kSplitThreads + threadIdx.x) * 8;
-    if (c < cols) {
-      rd.at8(c, v[i]);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) m = max_nan(m, fabsf(v[i][j]));
-    }
-  }
+  float m = load_slice<kMaxVec>(reader<T, R, kGated>(x, r, cols), cols, col, v);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) m = max_nan(m, __shfl_xor_sync(0xffffffffu, m, o));
   if (lane == 0) warp_max[threadIdx.x >> 5] = m;
@@ -280,17 +287,7 @@ __global__ void __launch_bounds__(kSplitThreads) token_quant_split_kernel(const 
   cluster.barrier_arrive();  // this CTA is done with the others' shared memory
   const float s = scale_from_amax(m);
   if (rank == 0 && threadIdx.x == 0) scales[r] = s;
-  __nv_fp8_e4m3* qr = q + r * cols;
-#pragma unroll
-  for (int i = 0; i < kMaxVec; ++i) {
-    const int64_t c = ((static_cast<int64_t>(i) * csize + rank) * kSplitThreads + threadIdx.x) * 8;
-    if (c < cols) {
-      union { __nv_fp8_e4m3 f[8]; uint2 u; } o;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) o.f[j] = to_fp8(v[i][j], s);
-      *reinterpret_cast<uint2*>(qr + c) = o.u;
-    }
-  }
+  store_slice<kMaxVec>(q + r * cols, cols, col, v, s);
   cluster.barrier_wait();  // no CTA leaves (freeing its shared memory) while another may still read it
 }
 
