@@ -14,7 +14,7 @@ TORCH_LIBRARY_FRAGMENT(moejit, m) {
   m.def("silu_and_mul(Tensor input) -> Tensor");
   m.def("moe_permute(Tensor hidden, Tensor topk_ids, int num_experts)"
         " -> (Tensor rows, Tensor expert_offsets, Tensor sort_idx, Tensor inv_idx)");
-  m.def("moe_unpermute(Tensor rows, Tensor topk_weights, Tensor inv_idx) -> Tensor");
+  m.def("moe_unpermute(Tensor rows, Tensor topk_weights, Tensor inv_idx, ScalarType? out_dtype=None) -> Tensor");
   m.def("moe_problem_sizes(Tensor expert_offsets, int n, int k, bool swap_ab=False) -> Tensor");
   m.def("moe_align_block_size(Tensor topk_ids, int num_experts, int block_m)"
         " -> (Tensor sorted_ids, Tensor expert_ids, Tensor num_post_pad)");
@@ -35,7 +35,7 @@ TORCH_LIBRARY_FRAGMENT(moejit, m) {
   m.def("silu_mul_fp8_quant(Tensor x, Tensor? scale, bool per_token, Tensor? num_rows, ScalarType? round_dtype)"
         " -> (Tensor q, Tensor scale)");
   m.def("cutlass_fp8_grouped_mm(Tensor a, Tensor b, Tensor expert_offsets, Tensor a_scale, Tensor b_scale,"
-        " ScalarType out_dtype, int config) -> Tensor");
+        " ScalarType out_dtype, int config, int k_splits=1) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
   m.impl("fp8_quant", &moejit::fp8_quant);

@@ -27,7 +27,7 @@ int sm_count_of(int device) {
 
 template <GemmConfig C, OutType O>
 void launch(sm90_fp8::GroupedGemmParams& p, const at::Tensor& like) {
-  const size_t bytes = sm90_fp8::workspace_bytes<C, O>(p.num_experts, p.sm_count);
+  const size_t bytes = sm90_fp8::workspace_bytes<C, O>(p.num_experts * p.k_splits, p.sm_count);
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes) + 256}, like.options().dtype(at::kByte));
   const uintptr_t base = reinterpret_cast<uintptr_t>(workspace.data_ptr());
   p.workspace = reinterpret_cast<void*>((base + 255) / 256 * 256);
@@ -49,7 +49,7 @@ void launch_config(OutType out_type, sm90_fp8::GroupedGemmParams& p, const at::T
 
 at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets,
                                   const at::Tensor& a_scale, const at::Tensor& b_scale, at::ScalarType out_dtype,
-                                  int64_t config) {
+                                  int64_t config, int64_t k_splits) {
   constexpr const char* op = "cutlass_fp8_grouped_mm";
   MOEJIT_CHECK_CUDA(a);
   MOEJIT_CHECK_CUDA(b);
@@ -83,7 +83,10 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
   MOEJIT_CHECK(out_dtype == at::kBFloat16 || out_dtype == at::kHalf || out_dtype == at::kFloat, op,
                ": out_dtype must be bfloat16, float16 or float32");
   MOEJIT_CHECK(config >= 0 && config < static_cast<int64_t>(GemmConfig::kNumConfigs), op, ": unknown config ",
-               config, " (0: swap16, 1: swap64, 2: coop128)");
+               config, " (0: swap16, 1: swap32, 2: swap64, 3: coop128)");
+  MOEJIT_CHECK(k_splits >= 1 && k_splits <= 16 && k % (16 * k_splits) == 0, op, ": k_splits (", k_splits,
+               ") must be in [1, 16] and divide K (", k, ") into multiples of 16");
+  MOEJIT_CHECK(e * k_splits < (int64_t{1} << 20), op, ": too many groups (E · k_splits)");
   for (const at::Tensor* t : {&b, &expert_offsets, &a_scale, &b_scale}) {
     MOEJIT_CHECK(t->device() == a.device(), op, ": all tensors must be on ", a.device());
   }
@@ -91,7 +94,8 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
     MOEJIT_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, op, ": operands must be 16-byte aligned");
   }
 
-  at::Tensor out = at::empty({rows, n}, a.options().dtype(out_dtype));
+  at::Tensor out = k_splits == 1 ? at::empty({rows, n}, a.options().dtype(out_dtype))
+                                 : at::empty({k_splits, rows, n}, a.options().dtype(out_dtype));
   if (rows == 0) return out;
   const c10::cuda::CUDAGuard guard(a.device());
   sm90_fp8::GroupedGemmParams p{};
@@ -104,6 +108,7 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
   p.a_per_row = a_scale.numel() != 1;
   p.b_per_col = b_scale.numel() != e;
   p.num_experts = static_cast<int>(e);
+  p.k_splits = static_cast<int>(k_splits);
   p.rows = rows;
   p.n = static_cast<int>(n);
   p.k = static_cast<int>(k);
@@ -115,6 +120,7 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
                                                       : OutType::kF32;
   switch (static_cast<GemmConfig>(config)) {
     case GemmConfig::kSwap16: launch_config<GemmConfig::kSwap16>(out_type, p, a); break;
+    case GemmConfig::kSwap32: launch_config<GemmConfig::kSwap32>(out_type, p, a); break;
     case GemmConfig::kSwap64: launch_config<GemmConfig::kSwap64>(out_type, p, a); break;
     default: launch_config<GemmConfig::kCoop128>(out_type, p, a); break;
   }

@@ -2,6 +2,11 @@
 //
 //   out[rows_e, :] = a_scale ⊙ (A[rows_e, :] · B[e]ᵀ) ⊙ b_scale        for each expert e with rows_e non-empty
 //
+// Split-K (k_splits = S > 1): every expert becomes S groups, group (e, s) multiplying the K slice
+// [s·K/S, (s+1)·K/S) into its own output plane out[s] ([S, rows, N]); the caller sums the planes. The scales are
+// per row and per column, so each partial carries them. It exists for decode GEMMs whose tiles fill too few waves
+// of the persistent grid (a few experts × N/128 tiles): S times the tiles, the same weight bytes.
+//
 // A [rows, K] e4m3 row-major, rows grouped by expert (expert_offsets [E+1] on the device); B [E, N, K] e4m3 with K
 // contiguous; out [rows, N] bf16/fp16 row-major. a_scale is one float (per tensor) or one per row (per token);
 // b_scale is one float per expert ([E]) or one per output channel ([E, N]). The per-group pointers, strides and
@@ -29,9 +34,10 @@ namespace moejit::sm90_fp8 {
 // Tile configurations. Keep this list short: each one is a CUTLASS instantiation per output dtype.
 enum class GemmConfig : int {
   kSwap16 = 0,    // swapped, tile N×tokens = 128×16, ping-pong: decode (≤ ~8 rows per expert)
-  kSwap64 = 1,    // swapped, tile 128×64, ping-pong: small batches (≤ ~64 rows per expert)
-  kCoop128 = 2,   // plain, tile 128×128, cooperative, cluster 1×2 (A multicast): prefill
-  kNumConfigs = 3,
+  kSwap32 = 1,    // swapped, tile 128×32, ping-pong: ≤ ~16 rows per expert (more pipeline stages than 128×64)
+  kSwap64 = 2,    // swapped, tile 128×64, ping-pong: small batches (≤ ~64 rows per expert)
+  kCoop128 = 3,   // plain, tile 128×128, cooperative, cluster 1×2 (A multicast): prefill
+  kNumConfigs = 4,
 };
 
 enum class OutType : int { kBF16 = 0, kFP16 = 1, kF32 = 2 };
@@ -47,6 +53,7 @@ struct GroupedGemmParams {
   bool a_per_row;
   bool b_per_col;
   int num_experts;
+  int k_splits;                   // S ≥ 1: groups = num_experts · S, out is [S, rows, N] (k % (16·S) == 0)
   int64_t rows;                   // rows of a and out (expert_offsets are clamped to [0, rows])
   int n;
   int k;
@@ -58,7 +65,7 @@ struct GroupedGemmParams {
 
 // Bytes of device workspace (per-group arrays + CUTLASS workspace) for a launch with these host-known sizes.
 template <GemmConfig C, OutType O>
-size_t workspace_bytes(int num_experts, int sm_count);
+size_t workspace_bytes(int num_groups, int sm_count);
 
 // Launches the setup kernel and the grouped GEMM. Returns nullptr on success, else a static error message (the
 // setup launch's own CUDA error string when that launch failed).
@@ -98,6 +105,15 @@ template <>
 struct ConfigTraits<GemmConfig::kSwap16> {
   static constexpr bool kSwap = true;
   using TileShape = Shape<_128, _16, _128>;
+  using ClusterShape = Shape<_1, _1, _1>;
+  using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
+  using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
+};
+
+template <>
+struct ConfigTraits<GemmConfig::kSwap32> {
+  static constexpr bool kSwap = true;
+  using TileShape = Shape<_128, _32, _128>;
   using ClusterShape = Shape<_1, _1, _1>;
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
   using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
@@ -230,40 +246,45 @@ __device__ __forceinline__ Stride leading_stride(int64_t ld) {
   return s;
 }
 
-// One thread per expert: problem size, operand/output/scale pointers and strides of its group.
+// One thread per group (expert e, K slice s; group index e·S + s): problem size, operand/output/scale pointers and
+// strides of its group.
 template <class G>
 __global__ void setup_groups_kernel(GroupArrays<G> g, const int32_t* __restrict__ offsets,
                                     const typename G::ElementAB* a, const typename G::ElementAB* b,
                                     typename G::ElementD* out, const float* a_scale, const float* b_scale,
-                                    bool a_per_row, bool b_per_col, int num_experts, int64_t total_rows, int n,
-                                    int k) {
-  const int e = blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= num_experts) return;
+                                    bool a_per_row, bool b_per_col, int num_experts, int k_splits,
+                                    int64_t total_rows, int n, int k) {
+  const int group = blockIdx.x * blockDim.x + threadIdx.x;
+  if (group >= num_experts * k_splits) return;
+  const int e = group / k_splits;
+  const int s = group % k_splits;
+  const int k_slice = k / k_splits;
   // clamped to [0, total_rows] and non-decreasing, so a bad offsets tensor can never address outside a or out
   const int64_t start = min(max(static_cast<int64_t>(offsets[e]), int64_t{0}), total_rows);
   const int64_t end = min(max(static_cast<int64_t>(offsets[e + 1]), start), total_rows);
   const int rows = static_cast<int>(end - start);
-  const auto* a_e = a + start * k;
-  const auto* b_e = b + static_cast<int64_t>(e) * n * k;
+  // the slice's first column; the leading dimensions stay K
+  const auto* a_e = a + start * k + static_cast<int64_t>(s) * k_slice;
+  const auto* b_e = b + static_cast<int64_t>(e) * n * k + static_cast<int64_t>(s) * k_slice;
   const float* as_e = a_per_row ? a_scale + start : a_scale;
   const float* bs_e = b_per_col ? b_scale + static_cast<int64_t>(e) * n : b_scale + e;
   if constexpr (G::kSwap) {
-    g.problem[e] = cute::make_shape(n, rows, k);
-    g.ptr_a[e] = b_e;
-    g.ptr_b[e] = a_e;
-    g.ptr_col_scale[e] = bs_e;
-    g.ptr_row_scale[e] = as_e;
+    g.problem[group] = cute::make_shape(n, rows, k_slice);
+    g.ptr_a[group] = b_e;
+    g.ptr_b[group] = a_e;
+    g.ptr_col_scale[group] = bs_e;
+    g.ptr_row_scale[group] = as_e;
   } else {
-    g.problem[e] = cute::make_shape(rows, n, k);
-    g.ptr_a[e] = a_e;
-    g.ptr_b[e] = b_e;
-    g.ptr_col_scale[e] = as_e;
-    g.ptr_row_scale[e] = bs_e;
+    g.problem[group] = cute::make_shape(rows, n, k_slice);
+    g.ptr_a[group] = a_e;
+    g.ptr_b[group] = b_e;
+    g.ptr_col_scale[group] = as_e;
+    g.ptr_row_scale[group] = bs_e;
   }
-  g.ptr_d[e] = out + start * n;
-  g.stride_a[e] = leading_stride<typename G::StrideA>(k);
-  g.stride_b[e] = leading_stride<typename G::StrideB>(k);
-  g.stride_d[e] = leading_stride<typename G::StrideD>(n);
+  g.ptr_d[group] = out + (static_cast<int64_t>(s) * total_rows + start) * n;
+  g.stride_a[group] = leading_stride<typename G::StrideA>(k);
+  g.stride_b[group] = leading_stride<typename G::StrideB>(k);
+  g.stride_d[group] = leading_stride<typename G::StrideD>(n);
 }
 
 template <class G>
@@ -272,7 +293,7 @@ typename G::Gemm::Arguments make_arguments(const GroupArrays<G>& g, const Groupe
   const bool row_vec = G::kSwap ? p.a_per_row : p.b_per_col;
   typename G::Gemm::Arguments args;
   args.mode = cutlass::gemm::GemmUniversalMode::kGrouped;
-  args.problem_shape = {p.num_experts, g.problem, nullptr};
+  args.problem_shape = {p.num_experts * p.k_splits, g.problem, nullptr};
   args.mainloop = {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b, kPromotionInterval};
   // EVT arguments: {col broadcast, {row broadcast, acc, multiply}, multiply}.
   typename G::EpilogueEVT::Arguments evt{
@@ -286,12 +307,13 @@ typename G::Gemm::Arguments make_arguments(const GroupArrays<G>& g, const Groupe
 }
 
 template <GemmConfig C, OutType O>
-size_t workspace_bytes(int num_experts, int sm_count) {
+size_t workspace_bytes(int num_groups, int sm_count) {
   using G = GroupedFp8Gemm<C, O>;
-  const size_t arrays = GroupArrays<G>::carve(nullptr, num_experts, nullptr);
+  const size_t arrays = GroupArrays<G>::carve(nullptr, num_groups, nullptr);
   GroupArrays<G> g{};
   GroupedGemmParams p{};
-  p.num_experts = num_experts;
+  p.num_experts = num_groups;
+  p.k_splits = 1;
   p.sm_count = sm_count;
   return arrays + G::Gemm::get_workspace_size(make_arguments<G>(g, p));
 }
@@ -300,12 +322,13 @@ template <GemmConfig C, OutType O>
 const char* run_grouped_gemm(const GroupedGemmParams& p) {
   using G = GroupedFp8Gemm<C, O>;
   GroupArrays<G> g{};
-  GroupArrays<G>::carve(p.workspace, p.num_experts, &g);
+  const int groups = p.num_experts * p.k_splits;
+  GroupArrays<G>::carve(p.workspace, groups, &g);
   constexpr int kThreads = 128;
-  setup_groups_kernel<G><<<(p.num_experts + kThreads - 1) / kThreads, kThreads, 0, p.stream>>>(
+  setup_groups_kernel<G><<<(groups + kThreads - 1) / kThreads, kThreads, 0, p.stream>>>(
       g, p.expert_offsets, static_cast<const typename G::ElementAB*>(p.a),
       static_cast<const typename G::ElementAB*>(p.b), static_cast<typename G::ElementD*>(p.out), p.a_scale,
-      p.b_scale, p.a_per_row, p.b_per_col, p.num_experts, p.rows, p.n, p.k);
+      p.b_scale, p.a_per_row, p.b_per_col, p.num_experts, p.k_splits, p.rows, p.n, p.k);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return cudaGetErrorString(e);
 
   auto args = make_arguments<G>(g, p);

@@ -13,7 +13,8 @@ at::Tensor silu_and_mul(const at::Tensor& input);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_permute(const at::Tensor& hidden,
                                                                        const at::Tensor& topk_ids,
                                                                        int64_t num_experts);
-at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& topk_weights, const at::Tensor& inv_idx);
+at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& topk_weights, const at::Tensor& inv_idx,
+                         std::optional<at::ScalarType> out_dtype);
 at::Tensor moe_problem_sizes(const at::Tensor& expert_offsets, int64_t n, int64_t k, bool swap_ab);
 
 // align.cu
@@ -34,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> silu_mul_fp8_quant(const at::Tensor& x,
 // fp8_grouped_gemm_sm90.cu
 at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets,
                                   const at::Tensor& a_scale, const at::Tensor& b_scale, at::ScalarType out_dtype,
-                                  int64_t config);
+                                  int64_t config, int64_t k_splits);
 
 // ---- sm80_int8 module: declarations go here.
 // int8_grouped_gemm.cu: out = a_scale * b_scale * (a . b^T), per-tensor or per-token x per-channel scales.

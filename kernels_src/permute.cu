@@ -9,6 +9,8 @@
 
 #include <cub/cub.cuh>
 
+#include <type_traits>
+
 #include "common.h"
 #include "ops.h"
 
@@ -56,10 +58,49 @@ __global__ void expand_rows_kernel(const VecT* __restrict__ hidden, VecT* __rest
 // out[m] = sum_j w[m, j] * rows[inv_idx[m * topk + j]], accumulated in float32. Block (m, y) does token m's
 // columns from y * blockDim.x * kVec on (grid-stride over y): at decode (M = 4, K = 7168) one block per token left
 // most of the GPU idle, 15 µs for a 0.5 MB gather on an H200.
+// Loads kVec consecutive elements of T (one 16-byte access when vectorized) as floats.
 template <typename T, int kVec>
-__global__ void unpermute_kernel(const T* __restrict__ rows, const float* __restrict__ weights,
-                                 const int32_t* __restrict__ inv_idx, T* __restrict__ out, int64_t k,
-                                 int32_t topk) {
+__device__ __forceinline__ void load_floats(const T* src, float (&v)[kVec]) {
+  if constexpr (kVec == 1) {
+    v[0] = static_cast<float>(src[0]);
+  } else {
+    static_assert(kVec * sizeof(T) == 16, "one 16-byte access");
+    uint4 raw = *reinterpret_cast<const uint4*>(src);
+    const T* vals = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) v[i] = static_cast<float>(vals[i]);
+  }
+}
+
+// Stores kVec floats as TOut in 16-byte accesses (8-byte for 4 bf16/fp16 values; the caller aligns dst) when
+// kVec > 1.
+template <typename TOut, int kVec>
+__device__ __forceinline__ void store_floats(TOut* dst, const float (&v)[kVec]) {
+  constexpr int kBytes = kVec * static_cast<int>(sizeof(TOut));
+  if constexpr (kVec == 1) {
+    dst[0] = static_cast<TOut>(v[0]);
+  } else {
+    static_assert(kBytes == 8 || kBytes % 16 == 0, "whole 8- or 16-byte accesses");
+    using Vec = std::conditional_t<kBytes == 8, uint2, uint4>;
+    constexpr int kPer = static_cast<int>(sizeof(Vec) / sizeof(TOut));
+#pragma unroll
+    for (int base = 0; base < kVec; base += kPer) {
+      Vec raw;
+      TOut* vals = reinterpret_cast<TOut*>(&raw);
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) vals[i] = static_cast<TOut>(v[base + i]);
+      *reinterpret_cast<Vec*>(dst + base) = raw;
+    }
+  }
+}
+
+// out[m, c] = Σ_j w[m, j] · Σ_s rows[s, inv_idx[m·topk + j], c]: the weighted sum over a token's slots of its
+// expert rows, each row the sum of `splits` partial planes (split-K GEMM output; 1 plane otherwise). Accumulated in
+// float32, rounded once to TOut.
+template <typename TIn, typename TOut, int kVec>
+__global__ void unpermute_kernel(const TIn* __restrict__ rows, const float* __restrict__ weights,
+                                 const int32_t* __restrict__ inv_idx, TOut* __restrict__ out, int64_t k,
+                                 int32_t topk, int32_t splits, int64_t plane) {
   const int64_t m = blockIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.y) * blockDim.x * kVec;
   for (int64_t c = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * kVec; c < k; c += step) {
@@ -70,26 +111,19 @@ __global__ void unpermute_kernel(const T* __restrict__ rows, const float* __rest
       const int32_t p = inv_idx[m * topk + j];
       if (p < 0) continue;
       const float w = weights[m * topk + j];
-      const T* src = rows + static_cast<int64_t>(p) * k + c;
-      if constexpr (kVec == 1) {
-        acc[0] += w * static_cast<float>(src[0]);
-      } else {
-        uint4 raw = *reinterpret_cast<const uint4*>(src);
-        const T* vals = reinterpret_cast<const T*>(&raw);
+      const TIn* src = rows + static_cast<int64_t>(p) * k + c;
+      float row[kVec];
+      load_floats<TIn, kVec>(src, row);
+      for (int32_t s = 1; s < splits; ++s) {
+        float part[kVec];
+        load_floats<TIn, kVec>(src + s * plane, part);
 #pragma unroll
-        for (int v = 0; v < kVec; ++v) acc[v] += w * static_cast<float>(vals[v]);
+        for (int v = 0; v < kVec; ++v) row[v] += part[v];
       }
-    }
-    T* dst = out + m * k + c;
-    if constexpr (kVec == 1) {
-      dst[0] = static_cast<T>(acc[0]);
-    } else {
-      uint4 raw;
-      T* vals = reinterpret_cast<T*>(&raw);
 #pragma unroll
-      for (int v = 0; v < kVec; ++v) vals[v] = static_cast<T>(acc[v]);
-      *reinterpret_cast<uint4*>(dst) = raw;
+      for (int v = 0; v < kVec; ++v) acc[v] += w * row[v];
     }
+    store_floats<TOut, kVec>(out + m * k + c, acc);
   }
 }
 
@@ -199,46 +233,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_permute(const at:
   return {rows, offsets, sort_idx, inv_idx};
 }
 
-at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& topk_weights, const at::Tensor& inv_idx) {
+at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& topk_weights, const at::Tensor& inv_idx,
+                         std::optional<at::ScalarType> out_dtype) {
   MOEJIT_CHECK_CUDA(rows);
   MOEJIT_CHECK_CUDA(topk_weights);
   MOEJIT_CHECK_CUDA(inv_idx);
-  MOEJIT_CHECK(rows.dim() == 2, "moe_unpermute: rows must be 2-D, got ", rows.sizes());
+  MOEJIT_CHECK(rows.dim() == 2 || rows.dim() == 3, "moe_unpermute: rows must be [R, K] or [S, R, K] (split-K "
+               "partials), got ", rows.sizes());
   MOEJIT_CHECK(topk_weights.dim() == 2, "moe_unpermute: topk_weights must be 2-D [M, topk]");
   MOEJIT_CHECK_DTYPE(inv_idx, at::kInt);
   MOEJIT_CHECK(inv_idx.numel() == topk_weights.numel(), "moe_unpermute: inv_idx has ", inv_idx.numel(),
                " entries, expected M * topk = ", topk_weights.numel());
-  MOEJIT_CHECK(rows.size(0) >= topk_weights.numel(), "moe_unpermute: rows has ", rows.size(0),
-               " rows, fewer than M * topk = ", topk_weights.numel());
+  const int64_t splits = rows.dim() == 3 ? rows.size(0) : 1;
+  const int64_t r = rows.size(rows.dim() - 2), k = rows.size(rows.dim() - 1);
+  MOEJIT_CHECK(splits >= 1, "moe_unpermute: rows has no planes");
+  MOEJIT_CHECK(r >= topk_weights.numel(), "moe_unpermute: rows has ", r, " rows, fewer than M * topk = ",
+               topk_weights.numel());
   MOEJIT_CHECK_CONTIGUOUS(rows);
   MOEJIT_CHECK_CONTIGUOUS(inv_idx);
-  const int64_t m = topk_weights.size(0), topk = topk_weights.size(1), k = rows.size(1);
-  at::Tensor out = at::empty({m, k}, rows.options());
+  const at::ScalarType in_type = rows.scalar_type();
+  const at::ScalarType out_type = out_dtype.value_or(in_type);
+  MOEJIT_CHECK(in_type == at::kBFloat16 || in_type == at::kHalf || in_type == at::kFloat,
+               "moe_unpermute: rows must be bfloat16, float16 or float32, got ", in_type);
+  MOEJIT_CHECK(out_type == at::kBFloat16 || out_type == at::kHalf || out_type == at::kFloat,
+               "moe_unpermute: out_dtype must be bfloat16, float16 or float32, got ", out_type);
+  const int64_t m = topk_weights.size(0), topk = topk_weights.size(1);
+  at::Tensor out = at::empty({m, k}, rows.options().dtype(out_type));
   if (m == 0 || k == 0) return out;
   const c10::cuda::CUDAGuard guard(rows.device());
   cudaStream_t stream = current_stream();
   at::Tensor weights = topk_weights.to(at::kFloat).contiguous();
-  dispatch_float16(rows.scalar_type(), "moe_unpermute rows", [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    constexpr int kVec = 16 / sizeof(T);
-    const auto* src = reinterpret_cast<const T*>(rows.data_ptr());
-    auto* dst = reinterpret_cast<T*>(out.data_ptr());
+  auto run = [&](auto* in_tag, auto* out_tag) {
+    using TIn = std::remove_pointer_t<decltype(in_tag)>;
+    using TOut = std::remove_pointer_t<decltype(out_tag)>;
+    constexpr int kVec = 16 / sizeof(TIn);
+    const auto* src = reinterpret_cast<const TIn*>(rows.data_ptr());
+    auto* dst = reinterpret_cast<TOut*>(out.data_ptr());
+    // every plane's row starts must stay 16-byte aligned: k % kVec == 0 gives it for the planes too
     const bool vectorized = k % kVec == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
     const int64_t per_thread = vectorized ? kVec : 1;
     const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, ceil_div(k, per_thread))));
     const dim3 grid(static_cast<unsigned>(m),
                     static_cast<unsigned>(std::min<int64_t>(65535, ceil_div(k, threads * per_thread))));
+    const float* w = weights.data_ptr<float>();
+    const int32_t* idx = inv_idx.data_ptr<int32_t>();
+    const auto t = static_cast<int32_t>(topk);
+    const auto planes = static_cast<int32_t>(splits);
     if (vectorized) {
-      unpermute_kernel<T, kVec><<<grid, threads, 0, stream>>>(src, weights.data_ptr<float>(),
-                                                             inv_idx.data_ptr<int32_t>(), dst, k,
-                                                             static_cast<int32_t>(topk));
+      unpermute_kernel<TIn, TOut, kVec><<<grid, threads, 0, stream>>>(src, w, idx, dst, k, t, planes, r * k);
     } else {
-      unpermute_kernel<T, 1><<<grid, threads, 0, stream>>>(src, weights.data_ptr<float>(),
-                                                          inv_idx.data_ptr<int32_t>(), dst, k,
-                                                          static_cast<int32_t>(topk));
+      unpermute_kernel<TIn, TOut, 1><<<grid, threads, 0, stream>>>(src, w, idx, dst, k, t, planes, r * k);
     }
     MOEJIT_CUDA_LAUNCH_CHECK();
-  });
+  };
+  auto with_out = [&](auto* in_tag) {
+    switch (out_type) {
+      case at::kBFloat16: run(in_tag, static_cast<__nv_bfloat16*>(nullptr)); break;
+      case at::kHalf: run(in_tag, static_cast<__half*>(nullptr)); break;
+      default: run(in_tag, static_cast<float*>(nullptr)); break;
+    }
+  };
+  switch (in_type) {
+    case at::kBFloat16: with_out(static_cast<__nv_bfloat16*>(nullptr)); break;
+    case at::kHalf: with_out(static_cast<__half*>(nullptr)); break;
+    default: with_out(static_cast<float*>(nullptr)); break;
+  }
   return out;
 }
 

@@ -153,3 +153,39 @@ def test_ops_trace_under_torch_compile(seeded):
     eager = layer(hidden, ids, w)
     compiled = torch.compile(layer, fullgraph=True)(hidden, ids, w)
     assert torch.equal(eager, compiled)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3])
+@pytest.mark.parametrize("in_dtype, out_dtype", [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+                                                 (torch.bfloat16, torch.float32), (torch.float32, None)])
+@pytest.mark.parametrize("k", [64, 100])  # 100: not a multiple of the vector width (scalar path)
+def test_unpermute_sums_split_planes(splits, in_dtype, out_dtype, k, seeded):
+    """[S, R, K] partial planes (split-K GEMM output) are summed before the weighted reduce; float32 in or out."""
+    m, e, topk = 33, 8, 2
+    ids = _ids(m, topk, e, seeded)
+    ids[::5, 1] = -1
+    hidden = torch.randn(m, k, generator=seeded).bfloat16().cuda()
+    _, _, _, inv_idx = ops.moe_permute(hidden, ids, e)
+    r = m * topk + 3  # extra rows no slot points at
+    planes = torch.randn(splits, r, k, generator=seeded).to(in_dtype).cuda()
+    w = torch.rand(m, topk, generator=seeded).cuda()
+    rows = planes if splits > 1 else planes[0]
+    torch.full((m, k), float("nan"), device="cuda")  # freed at once: the output below may reuse this block
+    out = ops.moe_unpermute(rows, w, inv_idx, out_dtype=out_dtype)
+    assert out.shape == (m, k) and out.dtype == (out_dtype or in_dtype)
+    ref = moe_unpermute_ref(planes.double().sum(0), w, inv_idx).double()
+    tol = 1e-5 if out.dtype == torch.float32 else 1e-2  # float32 accumulation; one 16-bit rounding
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
+def test_unpermute_rejects_bad_planes(seeded):
+    w = torch.rand(4, 2, device="cuda")
+    inv = torch.arange(8, dtype=torch.int32, device="cuda")
+    with pytest.raises(MoejitInputError, match="rows must be"):
+        ops.moe_unpermute(torch.zeros(1, 1, 8, 16, device="cuda"), w, inv)
+    with pytest.raises(MoejitInputError, match="rows must be"):
+        ops.moe_unpermute(torch.zeros(0, 8, 16, device="cuda"), w, inv)
+    with pytest.raises(MoejitInputError, match="fewer than"):
+        ops.moe_unpermute(torch.zeros(2, 7, 16, device="cuda"), w, inv)
+    with pytest.raises(MoejitInputError, match="out_dtype"):
+        ops.moe_unpermute(torch.zeros(8, 16, device="cuda"), w, inv, out_dtype=torch.int8)

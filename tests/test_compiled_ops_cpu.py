@@ -123,9 +123,10 @@ OP_CASES = {
                                                       _fake_cuda(M, TOPK, dtype=torch.int64), E),
                     [((M * TOPK, K), torch.float16), ((E + 1,), torch.int32), ((M * TOPK,), torch.int32),
                      ((M * TOPK,), torch.int32)]),
-    "moe_unpermute": ("common", lambda o: o.moe_unpermute(_fake_cuda(M * TOPK, K, dtype=torch.bfloat16),
-                                                          _fake_cuda(M, TOPK),
-                                                          _fake_cuda(M * TOPK, dtype=torch.int32)),
+    # split-K planes [2, rows, K] in float32, summed and rounded to bf16 (the layer's 2-D bf16 use is traced above)
+    "moe_unpermute": ("common", lambda o: o.moe_unpermute(_fake_cuda(2, M * TOPK, K), _fake_cuda(M, TOPK),
+                                                          _fake_cuda(M * TOPK, dtype=torch.int32),
+                                                          out_dtype=torch.bfloat16),
                       [((M, K), torch.bfloat16)]),
     "moe_problem_sizes": ("common", lambda o: o.moe_problem_sizes(_fake_cuda(E + 1, dtype=torch.int32), N, K),
                           [((E, 3), torch.int32)]),
@@ -140,7 +141,7 @@ OP_CASES = {
                            [((M, N), FP8), ((1,), torch.float32)]),
     "cutlass_fp8_grouped_mm": ("sm90_fp8", lambda o: o.cutlass_fp8_grouped_mm(
         _fake_cuda(M, K, dtype=FP8), _fake_cuda(E, N, K, dtype=FP8), _fake_cuda(E + 1, dtype=torch.int32),
-        _fake_cuda(M), _fake_cuda(E, N), out_dtype=torch.float16), [((M, N), torch.float16)]),
+        _fake_cuda(M), _fake_cuda(E, N), out_dtype=torch.float32, k_splits=2), [((2, M, N), torch.float32)]),
     "int8_grouped_mm": ("sm80_int8", lambda o: o.int8_grouped_mm(
         _fake_cuda(M, K, dtype=torch.int8), _fake_cuda(M), _fake_cuda(E, N, K, dtype=torch.int8), _fake_cuda(E, N),
         _fake_cuda(E + 1, dtype=torch.int32)), [((M, N), torch.bfloat16)]),

@@ -14,6 +14,7 @@ import torch
 
 from moejit import ops
 from moejit.errors import MoejitInputError
+from moejit.ops.fp8 import GEMM_CONFIGS
 from moejit.reference import moe_fp8_ref, moe_ref, quantize_weights_fp8_ref, rel_error
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
@@ -79,7 +80,7 @@ def _run(a, topk_weights, topk_ids, e, k, n, a_mode, b_mode, gen, check_unquanti
 
 
 LAYER_CASES = [
-    ("mixtral-8x7b", 1), ("mixtral-8x7b", 64), ("mixtral-8x7b", 2048),
+    ("mixtral-8x7b", 1), ("mixtral-8x7b", 4), ("mixtral-8x7b", 64), ("mixtral-8x7b", 2048),
     ("qwen3.6-35b-a3b", 1), ("qwen3.6-35b-a3b", 200), ("qwen3.6-35b-a3b", 4096),
     ("deepseek-v3-tp8", 4), ("deepseek-v3-tp8", 1024), ("deepseek-v3-tp8", 4096),
 ]
@@ -115,7 +116,7 @@ def test_topk1_and_fp16(b_mode, seeded):
     _run(a, w, ids, e, k, n, "token", b_mode, gen)
 
 
-@pytest.mark.parametrize("config", ["swap16", "swap64", "coop128"])
+@pytest.mark.parametrize("config", GEMM_CONFIGS)
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("a_per_row, b_per_col", [(False, False), (False, True), (True, False), (True, True)])
 def test_grouped_mm_every_config_and_scale_mode(config, out_dtype, a_per_row, b_per_col, seeded):
@@ -142,7 +143,52 @@ def test_grouped_mm_every_config_and_scale_mode(config, out_dtype, a_per_row, b_
         torch.testing.assert_close(out[lo:hi].float(), ref, rtol=1e-2, atol=1e-3 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("config", ["swap16", "swap64", "coop128"])
+@pytest.mark.parametrize("config", ["swap16", "swap32", "coop128"])
+@pytest.mark.parametrize("k_splits", [2, 3, 8])
+@pytest.mark.parametrize("a_per_row, b_per_col", [(False, False), (True, True)])
+def test_grouped_mm_split_k_planes_sum_to_the_product(config, k_splits, a_per_row, b_per_col, seeded):
+    """k_splits = S: out [S, rows, N], plane s the product over the K slice s (scaled); the planes sum to the full
+    product. K = 1536: S = 3 and 8 give slices of 512 and 192 (not a multiple of the 128-deep MMA tile)."""
+    gen = _cuda_gen(seeded)
+    e, n, k = 5, 272, 1536
+    counts = torch.tensor([2, 0, 70, 9, 1], dtype=torch.int32)
+    offsets = torch.zeros(e + 1, dtype=torch.int32)
+    offsets[1:] = torch.cumsum(counts, 0)
+    rows = int(offsets[-1])
+    a = (torch.randn(rows + 3, k, device="cuda", generator=gen) * 4).to(FP8)
+    b = (torch.randn(e, n, k, device="cuda", generator=gen) * 4).to(FP8)
+    a_s = torch.rand(rows + 3 if a_per_row else 1, device="cuda", generator=gen) + 0.5
+    b_s = torch.rand((e, n) if b_per_col else (e,), device="cuda", generator=gen) + 0.5
+    torch.full((k_splits, rows + 3, n), float("nan"), device="cuda")  # freed: the output may reuse this block
+    out = ops.cutlass_fp8_grouped_mm(a, b, offsets.cuda(), a_s, b_s, out_dtype=torch.float32, config=config,
+                                     k_splits=k_splits)
+    assert out.shape == (k_splits, rows + 3, n) and out.dtype == torch.float32
+    ks = k // k_splits
+    for i in range(e):
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        if lo == hi:
+            continue
+        scale = (a_s[lo:hi, None] if a_per_row else a_s).double() * \
+            (b_s[i][None, :] if b_per_col else b_s[i]).double()
+        for s in range(k_splits):
+            part = a[lo:hi, s * ks:(s + 1) * ks].double() @ b[i, :, s * ks:(s + 1) * ks].double().t() * scale
+            # float32 promotion of the tensor cores' partial sums (~14 significant bits within 128 products):
+            # well inside 1e-3, while a wrong slice, plane or scale is off by O(1)
+            assert rel_error(out[s, lo:hi].double(), part) <= 1e-3, (i, s)
+        full = a[lo:hi].double() @ b[i].double().t() * scale
+        assert rel_error(out[:, lo:hi].double().sum(0), full) <= 1e-3
+
+
+def test_grouped_mm_split_k_rejects_a_k_it_cannot_cut(seeded):
+    a = torch.zeros(4, 48, device="cuda").to(FP8)
+    b = torch.zeros(2, 32, 48, device="cuda").to(FP8)
+    offsets = torch.tensor([0, 2, 4], dtype=torch.int32, device="cuda")
+    one = torch.ones(1, device="cuda")
+    with pytest.raises(MoejitInputError, match="multiple of 16·k_splits"):
+        ops.cutlass_fp8_grouped_mm(a, b, offsets, one, torch.ones(2, device="cuda"), k_splits=2)
+
+
+@pytest.mark.parametrize("config", GEMM_CONFIGS)
 def test_grouped_mm_keeps_float32_accuracy_over_a_long_k(config, seeded):
     """K = 7168 with all-positive operands (sums grow with K, so an accumulator that drops low bits loses them
     steadily): the promoted accumulation stays within 1e-3 of float64, where Hopper's unpromoted FP8 accumulation

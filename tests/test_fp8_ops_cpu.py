@@ -14,7 +14,8 @@ FP8 = torch.float8_e4m3fn
 @pytest.mark.parametrize("rows, e, want", [
     (8, 8, "swap16"),          # Mixtral decode, M=4 topk=2
     (64 * 8, 256, "swap16"),   # Qwen M=64 topk=8: 2 rows per expert
-    (128, 8, "swap64"),        # Mixtral M=64: 16 rows per expert
+    (128, 8, "swap32"),        # Mixtral M=64: 16 rows per expert
+    (136, 8, "swap64"),        # 17 rows per expert
     (1024 * 8, 256, "swap64"),  # Qwen M=1024: 32 rows per expert
     (512, 8, "coop128"),       # Mixtral M=256: 64 rows per expert
     (2048 * 8, 256, "coop128"),
@@ -23,6 +24,24 @@ FP8 = torch.float8_e4m3fn
 def test_grouped_mm_config(rows, e, want):
     assert ops.grouped_mm_config(rows, e, 4096, 4096) == want
     assert want in GEMM_CONFIGS
+
+
+@pytest.mark.parametrize("rows, e, n, k, config, sms, want", [
+    (8, 8, 4096, 14336, "swap16", 132, 4),      # Mixtral GEMM2 at M=4: ~5.3 experts · 32 tiles on 264 slots
+    (2, 8, 4096, 14336, "swap16", 132, 4),      # M=1: ~1.9 experts; 4 slices fill 91% of the last wave, as 8 do
+    (16, 8, 4096, 14336, "swap16", 132, 1),     # M=8: ~7.2 experts, 87% already
+    (128, 8, 4096, 14336, "swap32", 132, 1),    # M=64: 8 · 32 = 256 tiles on 264 slots
+    (32, 256, 7168, 2048, "swap16", 132, 1),    # DeepSeek-V3 M=4: 32·56 tiles fill 13 waves
+    (512, 256, 2048, 512, "swap16", 132, 1),    # Qwen M=64: K = 512 is too short to split
+    (8, 8, 4096, 14336, "coop128", 132, 1),     # only swapped (decode) configurations split
+    (8, 8, 4096, 14336, "swap16", 0, 1),        # no GPU (fake-tensor trace): no split
+    (8, 8, 4096, 2176, "swap16", 132, 1),       # K/2 = 1088 is not a multiple of 128
+    (0, 8, 4096, 14336, "swap16", 132, 1),
+])
+def test_grouped_mm_k_splits(rows, e, n, k, config, sms, want):
+    got = ops.grouped_mm_k_splits(rows, e, n, k, config, sms)
+    assert got == want
+    assert k % (128 * got) == 0
 
 
 def test_validation_before_any_kernel():
@@ -38,6 +57,9 @@ def test_validation_before_any_kernel():
         ops.cutlass_fp8_grouped_mm(a, b, offsets, torch.ones(1), torch.ones(2))
     with pytest.raises(MoejitInputError, match="a must have dtype"):
         ops.cutlass_fp8_grouped_mm(a.float(), b, offsets, torch.ones(1), torch.ones(2))
+    for bad in (0, 17, 2.0, True):
+        with pytest.raises(MoejitInputError, match="k_splits must be an int"):
+            ops.cutlass_fp8_grouped_mm(a, b, offsets, torch.ones(1), torch.ones(2), k_splits=bad)
     w1 = torch.zeros(2, 64, 48).to(FP8)
     w2 = torch.zeros(2, 48, 32).to(FP8)
     with pytest.raises(MoejitInputError, match="CUDA"):

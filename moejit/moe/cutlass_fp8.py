@@ -7,8 +7,9 @@ Pipeline (every step on the device; no host synchronization, so the layer captur
     GEMM1  [M·topk, 2N] = rows · w1[e]ᵀ, scaled by a-scale × w1-scale, stored in float32
     SiLU(gate)·up, rounded to the activation dtype, fused with its quantization (per-tensor scales see only the
     valid rows)
-    GEMM2  [M·topk, K] = inter · w2[e]ᵀ, scaled by a2-scale × w2-scale
-    weighted unpermute → out [M, K]
+    GEMM2  [M·topk, K] = inter · w2[e]ᵀ, scaled by a2-scale × w2-scale (at decode split over K into float32
+    partial planes when its tiles would fill too few waves: grouped_mm_k_splits)
+    weighted unpermute (summing the planes) → out [M, K]
 
 Quantizing before permuting moves 1 byte per element through the permutation instead of 2, and quantizes M rows
 instead of M·topk; the result is the same since every copy of a token row gets the same scale.
@@ -49,7 +50,8 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
     """
     from moejit.moe.checks import FP8, check_quantized_moe
     from moejit.ops.common import moe_permute, moe_unpermute
-    from moejit.ops.fp8 import cutlass_fp8_grouped_mm, fp8_quant, grouped_mm_config, silu_mul_fp8_quant
+    from moejit.ops.fp8 import (cutlass_fp8_grouped_mm, fp8_quant, grouped_mm_config, grouped_mm_k_splits,
+                                silu_mul_fp8_quant)
 
     shape, out_dtype = check_quantized_moe(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale,
                                            a2_scale, per_act_token=per_act_token, per_out_ch=per_out_ch,
@@ -74,6 +76,23 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
                                    config=grouped_mm_config(total, e, 2 * n, k))
     inter_q, inter_s = silu_mul_fp8_quant(inter, a2_scale, per_token=per_act_token, num_rows=offsets[e:],
                                           round_dtype=a.dtype)
-    y = cutlass_fp8_grouped_mm(inter_q, w2_q, offsets, inter_s, w2_s, out_dtype=out_dtype,
-                               config=grouped_mm_config(total, e, k, n))
-    return moe_unpermute(y, topk_weights, inv_idx)
+    config2 = grouped_mm_config(total, e, k, n)
+    splits = grouped_mm_k_splits(total, e, k, n, config2, _sm_count(a.device))
+    y = cutlass_fp8_grouped_mm(inter_q, w2_q, offsets, inter_s, w2_s,
+                               out_dtype=out_dtype if splits == 1 else torch.float32, config=config2,
+                               k_splits=splits)
+    return moe_unpermute(y, topk_weights, inv_idx, out_dtype=out_dtype)
+
+
+_SM_COUNTS: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of ``device`` (cached); 0 where CUDA is unavailable (a fake-tensor trace on a CPU host),
+    which turns split-K off."""
+    if not torch.cuda.is_available():
+        return 0
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]

@@ -27,8 +27,8 @@ def _moe_permute_fake(hidden, topk_ids, num_experts):
 
 
 @registry.define("moe_unpermute", module="common")
-def _moe_unpermute_fake(rows, topk_weights, inv_idx):
-    return rows.new_empty((topk_weights.shape[0], rows.shape[1]))
+def _moe_unpermute_fake(rows, topk_weights, inv_idx, out_dtype=None):
+    return rows.new_empty((topk_weights.shape[0], rows.shape[-1]), dtype=out_dtype or rows.dtype)
 
 
 @registry.define("moe_problem_sizes", module="common")
@@ -88,20 +88,28 @@ def moe_permute(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts: int):
     return registry.op("moe_permute")(hidden, topk_ids, num_experts)
 
 
-def moe_unpermute(rows: torch.Tensor, topk_weights: torch.Tensor, inv_idx: torch.Tensor) -> torch.Tensor:
+def moe_unpermute(rows: torch.Tensor, topk_weights: torch.Tensor, inv_idx: torch.Tensor,
+                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Weighted reduce back to token order: ``out[m] = Σ_j topk_weights[m, j] · rows[inv_idx[m*topk + j]]``.
 
-    ``rows`` is bf16/fp16 ``[>= M*topk, K]``; slots with ``inv_idx == -1`` are skipped. Accumulates in float32.
+    ``rows`` is bf16/fp16/fp32 ``[R, K]`` with ``R >= M*topk``, or ``[S, R, K]``: S split-K partial planes of the
+    same rows (:func:`moejit.ops.cutlass_fp8_grouped_mm` with ``k_splits=S``), summed here. Slots with
+    ``inv_idx == -1`` are skipped. Accumulates in float32 and rounds once to ``out_dtype`` (default: rows' dtype).
+    Returns ``[M, K]``.
     """
-    check_tensor("rows", rows, dtypes=FLOAT16_TYPES, ndim=2, contiguous=True)
+    check_tensor("rows", rows, dtypes=FLOAT16_TYPES + (torch.float32,), contiguous=True)
+    if rows.dim() not in (2, 3) or (rows.dim() == 3 and rows.shape[0] < 1):
+        raise MoejitInputError(f"rows must be [R, K] or [S, R, K] with S >= 1, got shape {tuple(rows.shape)}")
     check_tensor("topk_weights", topk_weights, dtypes=_WEIGHT_TYPES, ndim=2)
     check_tensor("inv_idx", inv_idx, dtypes=(torch.int32,), ndim=1, contiguous=True)
     check_same_device(rows=rows, topk_weights=topk_weights, inv_idx=inv_idx)
     if inv_idx.numel() != topk_weights.numel():
         raise MoejitInputError(f"inv_idx has {inv_idx.numel()} entries, expected M*topk = {topk_weights.numel()}")
-    if rows.shape[0] < topk_weights.numel():
-        raise MoejitInputError(f"rows has {rows.shape[0]} rows, fewer than M*topk = {topk_weights.numel()}")
-    return registry.op("moe_unpermute")(rows, topk_weights, inv_idx)
+    if rows.shape[-2] < topk_weights.numel():
+        raise MoejitInputError(f"rows has {rows.shape[-2]} rows, fewer than M*topk = {topk_weights.numel()}")
+    if out_dtype is not None and out_dtype not in FLOAT16_TYPES + (torch.float32,):
+        raise MoejitInputError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
+    return registry.op("moe_unpermute")(rows, topk_weights, inv_idx, out_dtype)
 
 
 def moe_problem_sizes(expert_offsets: torch.Tensor, n: int, k: int, swap_ab: bool = False) -> torch.Tensor:

@@ -7,6 +7,8 @@ device only (no host synchronization) and captures into CUDA graphs. The module 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from moejit import registry
@@ -17,7 +19,7 @@ FP8 = torch.float8_e4m3fn
 _MODULE = "sm90_fp8"
 
 # Tile configurations of cutlass_fp8_grouped_mm, in the order of GemmConfig in fp8_grouped_gemm_sm90.cuh.
-GEMM_CONFIGS = ("swap16", "swap64", "coop128")
+GEMM_CONFIGS = ("swap16", "swap32", "swap64", "coop128")
 
 
 @registry.define("fp8_quant", module=_MODULE)
@@ -35,8 +37,9 @@ def _silu_mul_fp8_quant_fake(x, scale, per_token, num_rows, round_dtype=None):
 
 
 @registry.define("cutlass_fp8_grouped_mm", module=_MODULE)
-def _cutlass_fp8_grouped_mm_fake(a, b, expert_offsets, a_scale, b_scale, out_dtype, config):
-    return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+def _cutlass_fp8_grouped_mm_fake(a, b, expert_offsets, a_scale, b_scale, out_dtype, config, k_splits=1):
+    shape = (a.shape[0], b.shape[1]) if k_splits == 1 else (k_splits, a.shape[0], b.shape[1])
+    return a.new_empty(shape, dtype=out_dtype)
 
 
 def _check_quant_args(name_x: str, x, scale, per_token: bool, num_rows) -> None:
@@ -92,21 +95,62 @@ def silu_mul_fp8_quant(x: torch.Tensor, scale: torch.Tensor | None = None, per_t
 def grouped_mm_config(rows: int, num_experts: int, n: int, k: int) -> str:
     """The tile configuration :func:`cutlass_fp8_grouped_mm` uses by default, from host-known sizes only.
 
-    The mean rows per expert decides: up to 8, the swapped problem (Bᵀ·Aᵀ) with a 128(N)×16(tokens) tile; up to 32,
-    swapped with a 128×64 tile (room for the spread of a router's counts: an expert whose rows need a second token
-    tile streams its weights twice); above, the plain problem with cooperative 128×128 tiles in 1×2 clusters.
+    The mean rows per expert decides: up to 8, the swapped problem (Bᵀ·Aᵀ) with a 128(N)×16(tokens) tile; up to 16,
+    swapped 128×32; up to 32, swapped 128×64 (room for the spread of a router's counts: an expert whose rows need a
+    second token tile streams its weights twice); above, the plain problem with cooperative 128×128 tiles in 1×2
+    clusters. The narrower swapped tiles leave shared memory for more pipeline stages, which is what a
+    weight-streaming GEMM needs.
     """
     mean_rows = -(-max(rows, 0) // max(num_experts, 1))
     if mean_rows <= 8:
         return "swap16"
+    if mean_rows <= 16:
+        return "swap32"
     if mean_rows <= 32:
         return "swap64"
     return "coop128"
 
 
+# Split-K of decode GEMMs: candidate slice counts, the shortest K slice, and the wave-efficiency gain a split must
+# promise (it adds tiles, partial planes and their reduction).
+_SPLIT_CHOICES = (2, 4, 8)
+_SPLIT_MIN_SLICE = 1024
+_SPLIT_MIN_GAIN = 0.15
+
+
+def grouped_mm_k_splits(rows: int, num_experts: int, n: int, k: int, config: str, sm_count: int) -> int:
+    """How many K slices a swapped (decode) grouped GEMM splits into (1: none), from host-known sizes only.
+
+    With ``rows`` routed uniformly, about ``h = E·(1 − (1 − 1/E)^rows)`` experts are hit, so the launch has
+    ``t = h·⌈N/128⌉`` tiles, each streaming a 128-row slice of one expert's weights, on ``2·sm_count`` tile slots
+    (one persistent CTA per SM, two ping-pong consumers). When the last wave of slots is mostly empty (Mixtral's
+    GEMM2 at M=4: ~5 experts × 32 tiles on 264 slots, 65% of the SM cycles active), splitting K S ways gives S·t
+    tiles for the same weight bytes. S (2, 4 or 8, with K/S a multiple of 128 and at least 1024) is taken when its
+    wave efficiency ``S·t / (⌈S·t / slots⌉·slots)`` beats no split by at least 0.15; the smallest S within 0.02 of
+    the best. ``sm_count <= 0`` (no GPU: a fake-tensor trace) turns it off.
+    """
+    if config not in ("swap16", "swap32", "swap64") or rows <= 0 or sm_count <= 0 or num_experts <= 0:
+        return 1
+    hit = num_experts * (1.0 - (1.0 - 1.0 / num_experts) ** rows)
+    tiles = hit * -(-n // 128)
+    slots = 2 * sm_count
+
+    def efficiency(splits: int) -> float:
+        work = tiles * splits
+        return work / (math.ceil(work / slots) * slots)
+
+    allowed = [s for s in _SPLIT_CHOICES if k % (128 * s) == 0 and k // s >= _SPLIT_MIN_SLICE]
+    if not allowed:
+        return 1
+    best = max(efficiency(s) for s in allowed)
+    if best < efficiency(1) + _SPLIT_MIN_GAIN:
+        return 1
+    return min(s for s in allowed if efficiency(s) >= best - 0.02)
+
+
 def cutlass_fp8_grouped_mm(a: torch.Tensor, b: torch.Tensor, expert_offsets: torch.Tensor, a_scale: torch.Tensor,
                            b_scale: torch.Tensor, out_dtype: torch.dtype = torch.bfloat16,
-                           config: str | None = None) -> torch.Tensor:
+                           config: str | None = None, k_splits: int = 1) -> torch.Tensor:
     """One CUTLASS launch multiplying every expert's rows: ``out[r] = a_scale[r] · (a[r] · b[e]ᵀ) ⊙ b_scale[e]`` for
     the rows ``r`` of expert ``e`` (``expert_offsets[e] <= r < expert_offsets[e+1]``).
 
@@ -118,10 +162,16 @@ def cutlass_fp8_grouped_mm(a: torch.Tensor, b: torch.Tensor, expert_offsets: tor
         b_scale: float32 ``[E]`` (per tensor, also ``[E, 1]``/``[E, 1, 1]``) or ``[E, N]`` (per output channel).
         out_dtype: bfloat16, float16 or float32.
         config: one of :data:`GEMM_CONFIGS`, or None for :func:`grouped_mm_config`'s choice.
+        k_splits: S ≥ 1. With S > 1 each expert's K is cut into S equal slices, multiplied by S groups of the same
+            launch into ``out [S, rows, N]``, ``out.sum(0)`` being the product (:func:`moejit.ops.moe_unpermute`
+            sums the planes). Each plane carries both scales. K must be a multiple of 16·S; float32 output keeps
+            the partial sums unrounded. See :func:`grouped_mm_k_splits`.
 
-    Returns ``out [rows, N]``. Rows outside every expert (beyond ``expert_offsets[E]``) are not written.
-    N and K must be multiples of 16. Nothing synchronizes with the host.
+    Returns ``out [rows, N]`` (``[S, rows, N]`` with ``k_splits=S > 1``). Rows outside every expert (beyond
+    ``expert_offsets[E]``) are not written. N and K must be multiples of 16. Nothing synchronizes with the host.
     """
+    if isinstance(k_splits, bool) or not isinstance(k_splits, int) or not 1 <= k_splits <= 16:
+        raise MoejitInputError(f"k_splits must be an int in [1, 16], got {k_splits!r}")
     check_tensor("a", a, dtypes=(FP8,), ndim=2, contiguous=True)
     check_tensor("b", b, dtypes=(FP8,), ndim=3, contiguous=True)
     check_tensor("expert_offsets", expert_offsets, dtypes=(torch.int32,), ndim=1, contiguous=True)
@@ -150,5 +200,7 @@ def cutlass_fp8_grouped_mm(a: torch.Tensor, b: torch.Tensor, expert_offsets: tor
         config = grouped_mm_config(rows, e, n, k)
     if config not in GEMM_CONFIGS:
         raise MoejitInputError(f"config must be one of {GEMM_CONFIGS}, got {config!r}")
+    if k % (16 * k_splits):
+        raise MoejitInputError(f"K = {k} must be a multiple of 16·k_splits = {16 * k_splits}")
     return registry.op("cutlass_fp8_grouped_mm")(a, b, expert_offsets, a_scale.contiguous(), b_scale.contiguous(),
-                                                 out_dtype, GEMM_CONFIGS.index(config))
+                                                 out_dtype, GEMM_CONFIGS.index(config), k_splits)
