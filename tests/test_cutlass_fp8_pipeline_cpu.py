@@ -57,18 +57,28 @@ def _silu_mul_fp8_quant(x, scale, per_token, num_rows, round_dtype=None):
     return _quant_contract(v, scale, per_token, _limit(x, num_rows), x.shape[0])
 
 
-def _grouped_mm(a, b, expert_offsets, a_scale, b_scale, out_dtype, config):
+def _grouped_mm(a, b, expert_offsets, a_scale, b_scale, out_dtype, config, k_splits=1):
+    """With k_splits = S: S planes [S, rows, N], plane s the scaled product over the K slice s."""
     rows, n = a.shape[0], b.shape[1]
     e = b.shape[0]
-    out = torch.full((rows, n), float("nan"), dtype=out_dtype)  # rows outside every expert stay unwritten
+    ks = a.shape[1] // k_splits
+    out = torch.full((k_splits, rows, n), float("nan"), dtype=out_dtype)  # rows outside every expert: unwritten
     a_s = a_scale.reshape(-1, 1) if a_scale.numel() == rows else a_scale.reshape(())
     b_s = b_scale.reshape(e, -1)
     for i in range(e):
         lo, hi = int(expert_offsets[i]), int(expert_offsets[i + 1])
         if hi > lo:
             a_e = a[lo:hi].float() * (a_s[lo:hi] if a_s.dim() else a_s)
-            out[lo:hi] = (a_e @ (b[i].float() * b_s[i].reshape(-1, 1)).t()).to(out_dtype)
-    return out
+            b_e = b[i].float() * b_s[i].reshape(-1, 1)
+            for s in range(k_splits):
+                out[s, lo:hi] = (a_e[:, s * ks:(s + 1) * ks] @ b_e[:, s * ks:(s + 1) * ks].t()).to(out_dtype)
+    return out[0] if k_splits == 1 else out
+
+
+def _unpermute(rows, topk_weights, inv_idx, out_dtype=None):
+    """moe_unpermute's contract: [S, R, K] planes summed (float32) before the weighted reduce."""
+    summed = rows.float().sum(0) if rows.dim() == 3 else rows.float()
+    return moe_unpermute_ref(summed, topk_weights, inv_idx).to(out_dtype or rows.dtype)
 
 
 TORCH_OPS = {
@@ -76,7 +86,7 @@ TORCH_OPS = {
     "silu_mul_fp8_quant": _silu_mul_fp8_quant,
     "cutlass_fp8_grouped_mm": _grouped_mm,
     "moe_permute": moe_permute_ref,
-    "moe_unpermute": moe_unpermute_ref,
+    "moe_unpermute": _unpermute,
 }
 
 
@@ -146,3 +156,33 @@ def test_wrong_scale_gather_would_be_caught(seeded, monkeypatch):
     out = ops.cutlass_moe_fp8(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_act_token=True, per_out_ch=True)
     ref = moe_fp8_ref(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_act_token=True)
     assert rel_error(out, ref) > 0.1
+
+
+@pytest.mark.parametrize("a_mode", ["static", "token"])
+def test_split_k_gemm2_path(seeded, monkeypatch, a_mode):
+    """With the SM count of an H200 the layer splits a decode GEMM2 over K (grouped_mm_k_splits: ~2.7 experts × 8
+    tiles of 128 output columns on 264 slots, so 4 slices of the 4096-wide intermediate) and the unpermute sums the
+    float32 planes: same result as the reference."""
+    import moejit.moe.cutlass_fp8 as layer
+
+    m, e, topk, k, n = 2, 4, 2, 1024, 4096
+    assert ops.grouped_mm_k_splits(m * topk, e, k, n, "swap16", 132) == 4
+    calls = []
+
+    def recording_mm(*args, **kwargs):
+        calls.append(args[7] if len(args) > 7 else kwargs.get("k_splits", 1))
+        return _grouped_mm(*args, **kwargs)
+
+    monkeypatch.setitem(TORCH_OPS, "cutlass_fp8_grouped_mm", recording_mm)
+    monkeypatch.setattr(layer, "_sm_count", lambda device: 132)
+    a, w1_q, w2_q, tw, ids, w1_s, w2_s = _layer_inputs(seeded, m, e, topk, k, n, True)
+    a1 = a2 = None
+    if a_mode == "static":
+        a1 = (a.float().abs().amax() / 448).reshape(1)
+        a2 = torch.tensor([0.5])
+    kw = dict(a1_scale=a1, a2_scale=a2, per_act_token=a_mode == "token")
+    out = ops.cutlass_moe_fp8(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_out_ch=True, **kw)
+    assert calls == [1, 4]  # GEMM1 whole, GEMM2 in 4 K slices
+    ref = moe_fp8_ref(a, w1_q, w2_q, tw, ids, w1_s, w2_s, **kw)
+    assert out.dtype == a.dtype and out.shape == a.shape
+    assert rel_error(out, ref) <= 1e-2
