@@ -92,13 +92,11 @@ namespace moejit::sm90_fp8 {
 using namespace cute;
 
 // Mainloop schedules without "FP8FastAccum": the CUTLASS FP8 mainloop then adds the tensor cores' partial sums into
-// a float32 accumulator every ConfigTraits::kPromotionInterval MMA k-blocks (32 products each). Hopper accumulates
-// FP8 products with ~14 significant bits; left alone over K = 2048…14336 that costs 1.6–2.4% relative error of the
-// layer (a simulation of the truncating accumulator), above the 1% the layer must meet. Every 4 k-blocks = every 128
-// products (DeepSeek-V3's interval) for the larger tiles; every k-block for the decode tile, whose GEMMs stream
-// weights and have MMA time to spare: at a handful of tokens the few intermediate rows carry the whole output, and
-// the GEMM1 rounding that moves an e4m3 value of theirs by one step (1.2–1.3e-4 relative with 128-product partial
-// sums, H200) is what decides the layer's error tail against the exact-quantization reference.
+// a float32 accumulator every kPromotionInterval MMA k-blocks (32 products each). Hopper accumulates FP8 products
+// with ~14 significant bits; left alone over K = 2048…14336 that costs 1.6–2.4% relative error of the layer (a
+// simulation of the truncating accumulator), above the 1% the layer must meet. Every 4 k-blocks = every 128
+// products, DeepSeek-V3's interval.
+constexpr uint32_t kPromotionInterval = 4;
 
 template <GemmConfig C>
 struct ConfigTraits;
@@ -106,7 +104,6 @@ struct ConfigTraits;
 template <>
 struct ConfigTraits<GemmConfig::kSwap16> {
   static constexpr bool kSwap = true;
-  static constexpr uint32_t kPromotionInterval = 1;
   using TileShape = Shape<_128, _16, _128>;
   using ClusterShape = Shape<_1, _1, _1>;
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
@@ -116,7 +113,6 @@ struct ConfigTraits<GemmConfig::kSwap16> {
 template <>
 struct ConfigTraits<GemmConfig::kSwap32> {
   static constexpr bool kSwap = true;
-  static constexpr uint32_t kPromotionInterval = 4;
   using TileShape = Shape<_128, _32, _128>;
   using ClusterShape = Shape<_1, _1, _1>;
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
@@ -126,7 +122,6 @@ struct ConfigTraits<GemmConfig::kSwap32> {
 template <>
 struct ConfigTraits<GemmConfig::kSwap64> {
   static constexpr bool kSwap = true;
-  static constexpr uint32_t kPromotionInterval = 4;
   using TileShape = Shape<_128, _64, _128>;
   using ClusterShape = Shape<_1, _1, _1>;
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
@@ -136,7 +131,6 @@ struct ConfigTraits<GemmConfig::kSwap64> {
 template <>
 struct ConfigTraits<GemmConfig::kCoop128> {
   static constexpr bool kSwap = false;
-  static constexpr uint32_t kPromotionInterval = 4;
   using TileShape = Shape<_128, _128, _128>;
   using ClusterShape = Shape<_1, _2, _1>;
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative;
@@ -300,7 +294,7 @@ typename G::Gemm::Arguments make_arguments(const GroupArrays<G>& g, const Groupe
   typename G::Gemm::Arguments args;
   args.mode = cutlass::gemm::GemmUniversalMode::kGrouped;
   args.problem_shape = {p.num_experts * p.k_splits, g.problem, nullptr};
-  args.mainloop = {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b, G::Traits::kPromotionInterval};
+  args.mainloop = {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b, kPromotionInterval};
   // EVT arguments: {col broadcast, {row broadcast, acc, multiply}, multiply}.
   typename G::EpilogueEVT::Arguments evt{
       {g.ptr_col_scale, 0.0f, {col_vec, _0{}, _0{}}},

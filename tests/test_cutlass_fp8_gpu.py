@@ -139,7 +139,7 @@ def test_grouped_mm_every_config_and_scale_mode(config, out_dtype, a_per_row, b_
         ref = a[lo:hi].float() @ b[i].float().t()
         ref = ref * (a_s[lo:hi, None] if a_per_row else a_s) * (b_s[i][None, :] if b_per_col else b_s[i])
         # Exact products of e4m3 values accumulated in float32 (the tensor cores' partial sums are promoted every
-        # 128 products, 32 for swap16), scaled, one rounding to the output type: well inside 1% (bf16 is 0.4%).
+        # 128 products), scaled, one rounding to the output type: well inside 1% (bf16 is 0.4%).
         torch.testing.assert_close(out[lo:hi].float(), ref, rtol=1e-2, atol=1e-3 * ref.abs().max().item())
 
 
@@ -172,7 +172,7 @@ def test_grouped_mm_split_k_planes_sum_to_the_product(config, k_splits, a_per_ro
             (b_s[i][None, :] if b_per_col else b_s[i]).double()
         for s in range(k_splits):
             part = a[lo:hi, s * ks:(s + 1) * ks].double() @ b[i, :, s * ks:(s + 1) * ks].double().t() * scale
-            # float32 promotion of the tensor cores' partial sums (~14 significant bits within 32 or 128 products):
+            # float32 promotion of the tensor cores' partial sums (~14 significant bits within 128 products):
             # well inside 1e-3, while a wrong slice, plane or scale is off by O(1)
             assert rel_error(out[s, lo:hi].double(), part) <= 1e-3, (i, s)
         full = a[lo:hi].double() @ b[i].double().t() * scale
@@ -192,8 +192,7 @@ def test_grouped_mm_split_k_rejects_a_k_it_cannot_cut(seeded):
 def test_grouped_mm_keeps_float32_accuracy_over_a_long_k(config, seeded):
     """K = 7168 with all-positive operands (sums grow with K, so an accumulator that drops low bits loses them
     steadily): the promoted accumulation stays within 1e-3 of float64, where Hopper's unpromoted FP8 accumulation
-    (~14 significant bits, truncating) would be ~0.7% low — the reason the kernels promote every 128 products (32
-    for swap16)."""
+    (~14 significant bits, truncating) would be ~0.7% low — the reason the kernels promote every 128 products."""
     gen = _cuda_gen(seeded)
     e, n, k = 3, 256, 7168
     counts = torch.tensor([40, 0, 200], dtype=torch.int32)
