@@ -14,17 +14,6 @@ namespace {
 using sm90_fp8::GemmConfig;
 using sm90_fp8::OutType;
 
-int sm_count_of(int device) {
-  static int cached[64] = {0};
-  if (device < 0 || device >= 64) {
-    int n = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    return n;
-  }
-  if (!cached[device]) C10_CUDA_CHECK(cudaDeviceGetAttribute(&cached[device], cudaDevAttrMultiProcessorCount, device));
-  return cached[device];
-}
-
 template <GemmConfig C, OutType O>
 void launch(sm90_fp8::GroupedGemmParams& p, const at::Tensor& like) {
   const size_t bytes = sm90_fp8::workspace_bytes<C, O>(p.num_experts * p.k_splits, p.sm_count);
@@ -113,7 +102,7 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
   p.n = static_cast<int>(n);
   p.k = static_cast<int>(k);
   p.device = a.get_device();
-  p.sm_count = sm_count_of(p.device);
+  p.sm_count = sm_count(p.device);
   p.stream = current_stream();
   const OutType out_type = out_dtype == at::kBFloat16 ? OutType::kBF16
                            : out_dtype == at::kHalf   ? OutType::kFP16

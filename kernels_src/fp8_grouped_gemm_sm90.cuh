@@ -101,32 +101,22 @@ constexpr uint32_t kPromotionInterval = 4;
 template <GemmConfig C>
 struct ConfigTraits;
 
-template <>
-struct ConfigTraits<GemmConfig::kSwap16> {
+// The swapped decode tiles: 128 weight rows × kTokens tokens × 128 of K, ping-pong, no cluster.
+template <int kTokens>
+struct SwappedPingpong {
   static constexpr bool kSwap = true;
-  using TileShape = Shape<_128, _16, _128>;
+  using TileShape = Shape<_128, Int<kTokens>, _128>;
   using ClusterShape = Shape<_1, _1, _1>;
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
   using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
 };
 
 template <>
-struct ConfigTraits<GemmConfig::kSwap32> {
-  static constexpr bool kSwap = true;
-  using TileShape = Shape<_128, _32, _128>;
-  using ClusterShape = Shape<_1, _1, _1>;
-  using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
-  using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
-};
-
+struct ConfigTraits<GemmConfig::kSwap16> : SwappedPingpong<16> {};
 template <>
-struct ConfigTraits<GemmConfig::kSwap64> {
-  static constexpr bool kSwap = true;
-  using TileShape = Shape<_128, _64, _128>;
-  using ClusterShape = Shape<_1, _1, _1>;
-  using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
-  using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
-};
+struct ConfigTraits<GemmConfig::kSwap32> : SwappedPingpong<32> {};
+template <>
+struct ConfigTraits<GemmConfig::kSwap64> : SwappedPingpong<64> {};
 
 template <>
 struct ConfigTraits<GemmConfig::kCoop128> {

@@ -291,17 +291,6 @@ __global__ void __launch_bounds__(kSplitThreads) token_quant_split_kernel(const 
   cluster.barrier_wait();  // no CTA leaves (freeing its shared memory) while another may still read it
 }
 
-int sm_count() {
-  int dev = 0, sms = 132;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  static int cached[64] = {0};
-  if (dev < 64) {
-    if (!cached[dev]) C10_CUDA_CHECK(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev));
-    sms = cached[dev];
-  }
-  return sms;
-}
-
 int grid_for(int64_t rows) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, static_cast<int64_t>(sm_count()) * 8)));
 }

@@ -55,9 +55,6 @@ __global__ void expand_rows_kernel(const VecT* __restrict__ hidden, VecT* __rest
   for (int64_t v = threadIdx.x; v < vecs_per_row; v += blockDim.x) to[v] = from[v];
 }
 
-// out[m] = sum_j w[m, j] * rows[inv_idx[m * topk + j]], accumulated in float32. Block (m, y) does token m's
-// columns from y * blockDim.x * kVec on (grid-stride over y): at decode (M = 4, K = 7168) one block per token left
-// most of the GPU idle, 15 µs for a 0.5 MB gather on an H200.
 // Loads kVec consecutive elements of T (one 16-byte access when vectorized) as floats.
 template <typename T, int kVec>
 __device__ __forceinline__ void load_floats(const T* src, float (&v)[kVec]) {
@@ -96,8 +93,10 @@ __device__ __forceinline__ void store_floats(TOut* dst, const float (&v)[kVec]) 
 
 // out[m, c] = Σ_j w[m, j] · Σ_s rows[s, inv_idx[m·topk + j], c]: the weighted sum over a token's slots of its
 // expert rows, each row the sum of `splits` partial planes (split-K GEMM output; 1 plane otherwise). Accumulated in
-// float32, rounded once to TOut. kPlanes = false (one plane) keeps the plane loop out of the code: with it the
-// one-plane kernel ran 18-24% slower at large M (H200, Qwen3.6 M=2048/8192).
+// float32, rounded once to TOut. Block (m, y) does token m's columns from y · blockDim.x · kVec on (grid-stride
+// over y): at decode (M = 4, K = 7168) one block per token left most of the GPU idle, 15 µs for a 0.5 MB gather on
+// an H200. kPlanes = false (one plane) keeps the plane loop out of the code: with it the one-plane kernel ran
+// 18-24% slower at large M (H200, Qwen3.6 M=2048/8192).
 template <typename TIn, typename TOut, int kVec, bool kPlanes>
 __global__ void unpermute_kernel(const TIn* __restrict__ rows, const float* __restrict__ weights,
                                  const int32_t* __restrict__ inv_idx, TOut* __restrict__ out, int64_t k,
@@ -256,10 +255,10 @@ at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& topk_weights,
   MOEJIT_CHECK_CONTIGUOUS(inv_idx);
   const at::ScalarType in_type = rows.scalar_type();
   const at::ScalarType out_type = out_dtype.value_or(in_type);
-  MOEJIT_CHECK(in_type == at::kBFloat16 || in_type == at::kHalf || in_type == at::kFloat,
-               "moe_unpermute: rows must be bfloat16, float16 or float32, got ", in_type);
-  MOEJIT_CHECK(out_type == at::kBFloat16 || out_type == at::kHalf || out_type == at::kFloat,
-               "moe_unpermute: out_dtype must be bfloat16, float16 or float32, got ", out_type);
+  for (const at::ScalarType t : {in_type, out_type}) {  // checked here: empty inputs return before the dispatch
+    MOEJIT_CHECK(t == at::kBFloat16 || t == at::kHalf || t == at::kFloat,
+                 "moe_unpermute: rows and out_dtype must be bfloat16, float16 or float32, got ", t);
+  }
   const int64_t m = topk_weights.size(0), topk = topk_weights.size(1);
   at::Tensor out = at::empty({m, k}, rows.options().dtype(out_type));
   if (m == 0 || k == 0) return out;
@@ -290,18 +289,9 @@ at::Tensor moe_unpermute(const at::Tensor& rows, const at::Tensor& topk_weights,
     }
     MOEJIT_CUDA_LAUNCH_CHECK();
   };
-  auto with_out = [&](auto* in_tag) {
-    switch (out_type) {
-      case at::kBFloat16: run(in_tag, static_cast<__nv_bfloat16*>(nullptr)); break;
-      case at::kHalf: run(in_tag, static_cast<__half*>(nullptr)); break;
-      default: run(in_tag, static_cast<float*>(nullptr)); break;
-    }
-  };
-  switch (in_type) {
-    case at::kBFloat16: with_out(static_cast<__nv_bfloat16*>(nullptr)); break;
-    case at::kHalf: with_out(static_cast<__half*>(nullptr)); break;
-    default: with_out(static_cast<float*>(nullptr)); break;
-  }
+  dispatch_float(in_type, "moe_unpermute rows", [&](auto* in_tag) {
+    dispatch_float(out_type, "moe_unpermute out_dtype", [&](auto* out_tag) { run(in_tag, out_tag); });
+  });
   return out;
 }
 

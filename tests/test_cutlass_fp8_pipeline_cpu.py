@@ -108,17 +108,21 @@ def _layer_inputs(gen, m, e, topk, k, n, per_out_ch, dtype=torch.bfloat16):
     return a, w1_q, w2_q, topk_weights, topk_ids.to(torch.int32), w1_s, w2_s
 
 
+def _act_kwargs(a, a_mode):
+    """The layer's activation-scale arguments: static per-tensor scales (the input's calibrated, 0.5 for the
+    intermediate), dynamic per-tensor or dynamic per-token."""
+    static = a_mode == "static"
+    return dict(a1_scale=(a.float().abs().amax() / 448).reshape(1) if static else None,
+                a2_scale=torch.tensor([0.5]) if static else None, per_act_token=a_mode == "token")
+
+
 @pytest.mark.parametrize("per_out_ch", [False, True])
 @pytest.mark.parametrize("a_mode", ["static", "dynamic", "token"])
 @pytest.mark.parametrize("m, e, topk", [(1, 8, 2), (37, 8, 2), (64, 16, 4), (20, 6, 1)])
 def test_pipeline_matches_reference(seeded, a_mode, per_out_ch, m, e, topk):
     k, n = 128, 64
     a, w1_q, w2_q, tw, ids, w1_s, w2_s = _layer_inputs(seeded, m, e, topk, k, n, per_out_ch)
-    a1 = a2 = None
-    if a_mode == "static":
-        a1 = (a.float().abs().amax() / 448).reshape(1)
-        a2 = torch.tensor([0.5])
-    kw = dict(a1_scale=a1, a2_scale=a2, per_act_token=a_mode == "token")
+    kw = _act_kwargs(a, a_mode)
     out = ops.cutlass_moe_fp8(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_out_ch=per_out_ch, **kw)
     ref = moe_fp8_ref(a, w1_q, w2_q, tw, ids, w1_s, w2_s, **kw)
     assert out.dtype == a.dtype and out.shape == a.shape
@@ -176,11 +180,7 @@ def test_split_k_gemm2_path(seeded, monkeypatch, a_mode):
     monkeypatch.setitem(TORCH_OPS, "cutlass_fp8_grouped_mm", recording_mm)
     monkeypatch.setattr(layer, "_sm_count", lambda device: 132)
     a, w1_q, w2_q, tw, ids, w1_s, w2_s = _layer_inputs(seeded, m, e, topk, k, n, True)
-    a1 = a2 = None
-    if a_mode == "static":
-        a1 = (a.float().abs().amax() / 448).reshape(1)
-        a2 = torch.tensor([0.5])
-    kw = dict(a1_scale=a1, a2_scale=a2, per_act_token=a_mode == "token")
+    kw = _act_kwargs(a, a_mode)
     out = ops.cutlass_moe_fp8(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_out_ch=True, **kw)
     assert calls == [1, 4]  # GEMM1 whole, GEMM2 in 4 K slices
     ref = moe_fp8_ref(a, w1_q, w2_q, tw, ids, w1_s, w2_s, **kw)
