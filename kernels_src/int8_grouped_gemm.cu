@@ -13,6 +13,7 @@
 #include "common.h"
 #include "int8_grouped_gemm.h"
 #include "int8_grouped_gemm_sm80.h"
+#include "int8_grouped_gemm_sm90.h"
 #include "ops.h"
 
 namespace moejit {
@@ -56,9 +57,9 @@ __global__ void tile_schedule_kernel(const int32_t* __restrict__ expert_offsets,
 }  // namespace
 
 void launch_tile_schedule(const int32_t* expert_offsets, int32_t* tile_offsets, int num_experts, int rows,
-                          int tile_m, int n, cudaStream_t stream) {
+                          int tile_m, int tile_n, int n, cudaStream_t stream) {
   tile_schedule_kernel<<<1, kScheduleThreads, 0, stream>>>(expert_offsets, tile_offsets, num_experts, rows, tile_m,
-                                                           (n + 63) / 64);
+                                                           (n + tile_n - 1) / tile_n);
   MOEJIT_CUDA_LAUNCH_CHECK();
 }
 
@@ -71,8 +72,23 @@ int tile_m_for(int64_t rows, int64_t num_experts) {
   return choose_tile_m(rows, num_experts);
 }
 
-int checked_max_tiles(const char* op, int64_t rows, int64_t num_experts, int tile_m, int64_t n) {
-  const int64_t tiles = max_tiles_bound(rows, num_experts, tile_m, n);
+Kernel kernel_for(int64_t rows, int64_t num_experts) {
+#if defined(MOEJIT_ARCH_90A)
+  // This build of the module is for sm_90a, so the device is an sm_90 (the JIT builds for the detected arch).
+  if (const char* env = std::getenv("MOEJIT_INT8_GEMM_KERNEL")) {
+    const std::string value(env);
+    if (value == "sm80") return Kernel::kSm80;
+    if (value == "sm90") return Kernel::kSm90;
+  }
+  return choose_kernel(rows, num_experts);
+#else
+  (void)rows, (void)num_experts;
+  return Kernel::kSm80;
+#endif
+}
+
+int checked_max_tiles(const char* op, int64_t rows, int64_t num_experts, int tile_m, int tile_n, int64_t n) {
+  const int64_t tiles = max_tiles_bound(rows, num_experts, tile_m, tile_n, n);
   MOEJIT_CHECK(tiles < std::numeric_limits<int32_t>::max(), op, ": too many output tiles (", tiles, ")");
   return static_cast<int>(tiles);
 }
@@ -81,11 +97,14 @@ PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Ten
                               const at::Tensor& expert_offsets, cudaStream_t stream) {
   const int64_t rows = a.size(0), k = a.size(1), num_experts = b.size(0), n = b.size(1);
   PreparedLaunch launch;
-  launch.tile_m = tile_m_for(rows, num_experts);
+  launch.kernel = kernel_for(rows, num_experts);
+  const bool sm90 = launch.kernel == Kernel::kSm90;
+  launch.tile_m = sm90 ? sm90::kTileM : tile_m_for(rows, num_experts);
+  const int tile_n = sm90 ? sm90::kTileN : kTileN;
   launch.tile_offsets = at::empty({num_experts + 1}, expert_offsets.options());
   launch_tile_schedule(expert_offsets.data_ptr<int32_t>(), launch.tile_offsets.data_ptr<int32_t>(),
-                       static_cast<int>(num_experts), static_cast<int>(rows), launch.tile_m, static_cast<int>(n),
-                       stream);
+                       static_cast<int>(num_experts), static_cast<int>(rows), launch.tile_m, tile_n,
+                       static_cast<int>(n), stream);
   GroupedGemmParams& params = launch.params;
   params.a = a.data_ptr<int8_t>();
   params.b = b.data_ptr<int8_t>();
@@ -96,7 +115,7 @@ PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Ten
   params.rows = static_cast<int>(rows);
   params.n = static_cast<int>(n);
   params.k = static_cast<int>(k);
-  params.max_tiles = checked_max_tiles(op, rows, num_experts, launch.tile_m, n);
+  params.max_tiles = checked_max_tiles(op, rows, num_experts, launch.tile_m, tile_n, n);
   return launch;
 }
 
@@ -165,12 +184,7 @@ at::Tensor int8_grouped_mm(const at::Tensor& a, const at::Tensor& a_scale, const
   params.b_scale = b_scale.data_ptr<float>();
   params.a_scale_per_row = a_scale.numel() != 1;
   params.b_scale_per_channel = b_scale.numel() != num_experts;
-  const int tile_m = launch.tile_m;
-  if (tile_m == 64) {
-    int8_gemm::launch_for_dtype<64, false, false>(params, out_dtype, stream);
-  } else {
-    int8_gemm::launch_for_dtype<128, false, false>(params, out_dtype, stream);
-  }
+  int8_gemm::launch_for_dtype<false, false>(launch, out_dtype, stream);
   MOEJIT_CUDA_LAUNCH_CHECK();
   return out;
 }

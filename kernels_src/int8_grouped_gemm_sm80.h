@@ -45,9 +45,12 @@ struct GroupedGemmParams {
   int max_tiles = 0;    // host upper bound on the number of tiles (limits the grid)
 };
 
-// Writes tile_offsets[e] = sum_{e' < e} ceil(m_e' / tile_m) * ceil(n / 64) (e in [0, E]) on `stream`.
+// The output tile columns of the SM80 kernels.
+constexpr int kTileN = 64;
+
+// Writes tile_offsets[e] = sum_{e' < e} ceil(m_e' / tile_m) * ceil(n / tile_n) (e in [0, E]) on `stream`.
 void launch_tile_schedule(const int32_t* expert_offsets, int32_t* tile_offsets, int num_experts, int rows,
-                          int tile_m, int n, cudaStream_t stream);
+                          int tile_m, int tile_n, int n, cudaStream_t stream);
 
 // The grouped GEMM kernel launch for one tile shape / mode / output type (explicitly instantiated in
 // int8_gemm_inst_*.cu). kHybrid selects the Q/F mainloop; kMultiGroup (hybrid only) keeps a float accumulator across
@@ -56,8 +59,8 @@ template <int kTileMRows, bool kHybrid, bool kMultiGroup, typename OutT>
 void launch_grouped_gemm(const GroupedGemmParams& params, cudaStream_t stream);
 
 // Upper bound of the tiles of a launch, from shapes only: sum_e ceil(m_e / tile_m) <= ceil(rows / tile_m) + min(E, rows).
-inline int64_t max_tiles_bound(int64_t rows, int64_t num_experts, int tile_m, int64_t n) {
-  const int64_t tiles_n = (n + 63) / 64;
+inline int64_t max_tiles_bound(int64_t rows, int64_t num_experts, int tile_m, int tile_n, int64_t n) {
+  const int64_t tiles_n = (n + tile_n - 1) / tile_n;
   const int64_t m_tiles = (rows + tile_m - 1) / tile_m + (rows < num_experts ? rows : num_experts);
   return m_tiles * tiles_n;
 }

@@ -67,15 +67,8 @@ at::Tensor int8_hybrid_grouped_mm(const at::Tensor& a, const at::Tensor& a_q, co
   params.num_blocks = static_cast<int>(num_blocks);
   params.num_groups = static_cast<int>(num_groups);
   params.super_group = static_cast<int>(super_group_size);
-  const int tile_m = launch.tile_m;
-  const bool multi_group = num_groups > 1;
-  if (tile_m == 64) {
-    multi_group ? int8_gemm::launch_for_dtype<64, true, true>(params, out_dtype, stream)
-                : int8_gemm::launch_for_dtype<64, true, false>(params, out_dtype, stream);
-  } else {
-    multi_group ? int8_gemm::launch_for_dtype<128, true, true>(params, out_dtype, stream)
-                : int8_gemm::launch_for_dtype<128, true, false>(params, out_dtype, stream);
-  }
+  num_groups > 1 ? int8_gemm::launch_for_dtype<true, true>(launch, out_dtype, stream)
+                 : int8_gemm::launch_for_dtype<true, false>(launch, out_dtype, stream);
   MOEJIT_CUDA_LAUNCH_CHECK();
   return out;
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark the CUTLASS SM80 INT8 grouped GEMMs (module sm80_int8) on MoE layer shapes.
+"""Benchmark the INT8 grouped GEMMs (module sm80_int8: SM80 mma.sync, and SM90 TMA + wgmma) on MoE layer shapes.
 
 Default: the Qwen3.6-35B-A3B layer (E=256, topk=8, hidden K=2048, intermediate N=512):
   GEMM1 [M*8, 2048] x [256, 1024, 2048]   GEMM2 [M*8, 512] x [256, 2048, 512]
@@ -9,9 +9,11 @@ moejit.bench.timing.time_cuda_graph (10 calls per graph, median of the replays) 
   per-token    int8_grouped_mm, per-token x per-channel scales
   hybrid       int8_hybrid_grouped_mm, Q/F activations (B=128, effective super group 65, q_max=16)
 and the hybrid / per-tensor ratio is printed (target <= 1.15). The weights (256-512 MiB) are far larger than L2,
-so every replay streams them from HBM. `--tile-m 64|128` forces the tile (MOEJIT_INT8_GEMM_TILE_M).
+so every replay streams them from HBM. `--kernel sm80|sm90` forces the kernel family (MOEJIT_INT8_GEMM_KERNEL),
+`--tile-m 64|128` the SM80 tile (MOEJIT_INT8_GEMM_TILE_M).
 
-Usage: python3 scripts/bench_int8_gemm.py [--m 64 512 2048 8192] [--json out.json] [--tile-m auto|64|128 ...]
+Usage: python3 scripts/bench_int8_gemm.py [--m 64 512 2048 8192] [--json out.json] [--kernel auto|sm80|sm90 ...]
+       [--tile-m auto|64|128 ...]
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def main() -> int:
     p.add_argument("--topk", type=int, default=8)
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--intermediate", type=int, default=512)
+    p.add_argument("--kernel", nargs="+", default=["auto"], choices=["auto", "sm80", "sm90"])
     p.add_argument("--tile-m", nargs="+", default=["auto"], choices=["auto", "64", "128"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     p.add_argument("--no-ceilings", action="store_true")
@@ -99,14 +102,17 @@ def main() -> int:
         report["ceilings"] = measure_ceilings()
         print(f"ceilings: copy {report['ceilings']['copy_GBps']:.0f} GB/s, torch._int_mm 8192^3 "
               f"{report['ceilings']['int8_mm_TOPS']:.0f} TOPS")
-    header = (f"{'tile':>4} {'M':>5} {'gemm':>5} {'rows':>6} {'hit':>4} {'per-tensor':>11} {'per-token':>10} "
+    header = (f"{'kernel':>9} {'M':>5} {'gemm':>5} {'rows':>6} {'hit':>4} {'per-tensor':>11} {'per-token':>10} "
               f"{'hybrid':>9} {'hyb/pt':>6} {'hyb TOPS':>8} {'hyb GB/s':>8}")
     print(header)
-    for tile in args.tile_m:
-        if tile == "auto":
-            os.environ.pop("MOEJIT_INT8_GEMM_TILE_M", None)
-        else:
-            os.environ["MOEJIT_INT8_GEMM_TILE_M"] = tile
+    variants = [(kern, tile) for kern in args.kernel for tile in (["auto"] if kern == "sm90" else args.tile_m)]
+    for kern, tile in variants:
+        for name, value in (("MOEJIT_INT8_GEMM_KERNEL", kern), ("MOEJIT_INT8_GEMM_TILE_M", tile)):
+            if value == "auto":
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        label = kern if tile == "auto" else f"{kern}/{tile}"
         for m in args.m:
             offsets = routed_offsets(m, e, topk, gen)
             rows = m * topk
@@ -115,11 +121,12 @@ def main() -> int:
                 pt, tok, hy = (r[x]["median_us"] for x in ("per_tensor", "per_token", "hybrid"))
                 tops = r["ops"] / (hy * 1e-6) / 1e12
                 gbps = (r["weight_bytes"] + rows * k + rows * n * 2) / (hy * 1e-6) / 1e9
-                print(f"{tile:>4} {m:>5} {gemm:>5} {rows:>6} {r['experts_hit']:>4} {pt:>11.1f} {tok:>10.1f} "
+                print(f"{label:>9} {m:>5} {gemm:>5} {rows:>6} {r['experts_hit']:>4} {pt:>11.1f} {tok:>10.1f} "
                       f"{hy:>9.1f} {hy / pt:>6.3f} {tops:>8.0f} {gbps:>8.0f}", flush=True)
-                report["results"].append(dict(tile=tile, m=m, gemm=gemm, rows=rows, n=n, k=k, **r))
+                report["results"].append(dict(kernel=kern, tile=tile, m=m, gemm=gemm, rows=rows, n=n, k=k, **r))
                 torch.cuda.empty_cache()
     os.environ.pop("MOEJIT_INT8_GEMM_TILE_M", None)
+    os.environ.pop("MOEJIT_INT8_GEMM_KERNEL", None)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

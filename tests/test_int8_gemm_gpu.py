@@ -1,4 +1,7 @@
-"""CUTLASS SM80 INT8 grouped GEMMs (module sm80_int8): per-tensor / per-token × per-channel and hybrid blockwise Q/F.
+"""INT8 grouped GEMMs (module sm80_int8): per-tensor / per-token × per-channel and hybrid blockwise Q/F.
+
+Every test runs once per kernel family: the CUTLASS SM80 mma.sync kernels, and on an sm_90 device also the TMA +
+wgmma kernels of the module's sm_90a build (MOEJIT_INT8_GEMM_KERNEL forces the family; the fixture below).
 
 Every kernel result is compared with a float64 torch computation of exactly the documented formula on fresh random
 int8 data (random Q in 1..q_max and random positive F for the hybrid GEMM: independent of the quantizer). Integer
@@ -24,6 +27,26 @@ from moejit.ops import int8 as int8_ops
 gpu = pytest.mark.gpu
 DEV = "cuda"
 TOL = {torch.bfloat16: (1e-2, 4e-3), torch.float16: (2e-3, 1e-3)}
+
+
+def _is_sm90() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.fixture(autouse=True, params=["sm80", "sm90", "sm90-single"])
+def int8_kernel(request, monkeypatch):
+    """Runs the test with the SM80 kernels, then with the SM90 ones: in clusters of two CTAs (the multicast A, used
+    where N has an even number of 128-column tiles) and as single CTAs (MOEJIT_INT8_SM90_CLUSTER=1, the path for
+    the other N). GPU tests on an sm_90 device only."""
+    sm90 = request.param.startswith("sm90")
+    if sm90 and request.node.get_closest_marker("gpu") is None:
+        pytest.skip("CPU test: one run is enough")
+    if sm90 and not _is_sm90():
+        pytest.skip("the TMA + wgmma INT8 kernels need an sm_90 GPU")
+    monkeypatch.setenv("MOEJIT_INT8_GEMM_KERNEL", request.param[:4])
+    if request.param == "sm90-single":
+        monkeypatch.setenv("MOEJIT_INT8_SM90_CLUSTER", "1")
+    return request.param[:4]
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
@@ -208,8 +231,10 @@ def test_int8_hybrid_grouped_mm(dist, k, n, super_group, out_dtype, seeded):
 @pytest.mark.parametrize("tile_m", ["64", "128"])
 @pytest.mark.parametrize("dist", ["uneven_with_empty", "routed_decode", "big_experts"])
 @pytest.mark.parametrize("k,n,super_group", [(2064, 200, 65), (2048, 512, 65), (7168, 512, 16)])
-def test_forced_tile(tile_m, dist, k, n, super_group, monkeypatch, seeded):
-    """Both tile shapes on the same data (MOEJIT_INT8_GEMM_TILE_M overrides the shape-based choice)."""
+def test_forced_tile(tile_m, dist, k, n, super_group, monkeypatch, seeded, int8_kernel):
+    """Both SM80 tile shapes on the same data (MOEJIT_INT8_GEMM_TILE_M overrides the shape-based choice)."""
+    if int8_kernel == "sm90":
+        pytest.skip("the SM80 tile override; the SM90 kernels have one tile")
     monkeypatch.setenv("MOEJIT_INT8_GEMM_TILE_M", tile_m)
     e, counts = _counts(dist, seeded)
     offsets = offsets_from_counts(counts)

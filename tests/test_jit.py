@@ -35,10 +35,24 @@ def src_copy(tmp_path, monkeypatch):
 def test_module_table_sources_exist():
     src = jit.kernels_src_dir()
     for module in jit.MODULES.values():
-        for source in module.sources:
+        for source in module.sources + tuple(s for _, extra in module.arch_sources for s in extra):
             assert (src / source).is_file(), f"{module.name}: {source} missing"
         assert module.define.startswith("-DMOEJIT_MODULE_")
         assert f"defined({module.define[2:]})" in (src / "bindings.cpp").read_text(), module.name
+
+
+def test_arch_sources_only_in_their_arch():
+    # The sm_90a build of the INT8 module adds the TMA + wgmma kernels and the define its host code dispatches on.
+    module = jit.get_module("sm80_int8")
+    sm90 = jit.plan("sm80_int8", "90a").manifest
+    sm80 = jit.plan("sm80_int8", "80").manifest
+    extra = [s for s in sm90["sources"] if "sm90" in s]
+    assert len(extra) == 3 and not [s for s in sm80["sources"] if "sm90" in s]
+    assert "-DMOEJIT_ARCH_90A" in sm90["nvcc_flags"] and "-DMOEJIT_ARCH_90A" in sm90["cxx_flags"]
+    assert not [f for f in sm80["nvcc_flags"] + sm80["cxx_flags"] if f.startswith("-DMOEJIT_ARCH_")]
+    assert module.sources_for("80") == module.sources
+    # Modules without arch sources get no define (their cache keys do not move).
+    assert not [f for f in jit.plan("common", "90a").manifest["nvcc_flags"] if f.startswith("-DMOEJIT_ARCH_")]
 
 
 def test_key_is_stable_and_content_addressed(src_copy):

@@ -101,7 +101,7 @@ def plan(module_name: str, arch: str) -> BuildPlan:
         raise MoejitError(f"module {module.name!r} is not built for sm_{arch} "
                           f"(it needs {', '.join('sm_' + a for a in module.only_archs) or f'sm_{module.min_arch}+'})")
     src = kernels_src_dir()
-    sources = [src / "bindings.cpp"] + [src / s for s in module.sources]
+    sources = [src / "bindings.cpp"] + [src / s for s in module.sources_for(arch)]
     for path in sources:
         if not path.is_file():
             raise MoejitError(f"module {module.name!r}: source {path} is missing")
@@ -116,7 +116,7 @@ def plan(module_name: str, arch: str) -> BuildPlan:
         "sources_hash": digest.hexdigest(),
         "headers_hash": _hash_tree(src, _HEADER_SUFFIXES),
         "nvcc_flags": module.nvcc_flags(arch, gencode_flags(arch)),
-        "cxx_flags": module.cxx_flags(),
+        "cxx_flags": module.cxx_flags(arch),
         **torch_versions(),
     }
     if module.needs_cutlass:
@@ -215,7 +215,7 @@ def build(module_name: str, arch: str, jobs: int | None = None, force: bool = Fa
     with file_lock(plan_.lock_path, on_wait=waiting):
         if plan_.is_built() and not force:  # built by the process we waited for
             return BuildResult(plan_, 0.0, cached=True)
-        n_units = 1 + len(plan_.module.sources)
+        n_units = len(plan_.manifest["sources"])
         if not quiet:
             _log(f"compiling module '{plan_.module.name}' for sm_{plan_.arch} ({n_units} translation units). "
                  "This happens once per machine and can take a few minutes.")

@@ -48,6 +48,9 @@ class JitModule:
     min_arch: int = 80
     only_archs: tuple[str, ...] = ()
     extra_nvcc_flags: tuple[str, ...] = field(default_factory=tuple)
+    # Sources compiled only for one arch: ((arch, (sources...)), ...). Such a build also gets -DMOEJIT_ARCH_<ARCH>
+    # (e.g. -DMOEJIT_ARCH_90A), so host code can dispatch to those kernels.
+    arch_sources: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def define(self) -> str:
@@ -59,14 +62,22 @@ class JitModule:
             return arch in self.only_archs
         return arch_number(arch) >= self.min_arch
 
+    def sources_for(self, arch: str) -> tuple[str, ...]:
+        arch = normalize_arch(arch)
+        return self.sources + tuple(s for a, extra in self.arch_sources if normalize_arch(a) == arch for s in extra)
+
+    def arch_define(self, arch: str) -> list[str]:
+        arch = normalize_arch(arch)
+        return [f"-DMOEJIT_ARCH_{arch.upper()}"] if any(normalize_arch(a) == arch for a, _ in self.arch_sources) else []
+
     def nvcc_flags(self, arch: str, gencode: list[str]) -> list[str]:
-        flags = list(COMMON_NVCC_FLAGS) + gencode + [self.define]
+        flags = list(COMMON_NVCC_FLAGS) + gencode + [self.define] + self.arch_define(arch)
         if self.needs_cutlass:
             flags += list(CUTLASS_NVCC_FLAGS)
         return flags + list(self.extra_nvcc_flags)
 
-    def cxx_flags(self) -> list[str]:
-        return list(COMMON_CXX_FLAGS) + [self.define]
+    def cxx_flags(self, arch: str = "") -> list[str]:
+        return list(COMMON_CXX_FLAGS) + [self.define] + (self.arch_define(arch) if arch else [])
 
 
 MODULES: dict[str, JitModule] = {
@@ -90,10 +101,13 @@ MODULES: dict[str, JitModule] = {
         ),
         JitModule(
             name="sm80_int8",
-            description="CUTLASS 2.x SM80 INT8 grouped GEMMs (per-tensor / per-token x per-channel, hybrid blockwise Q/F)",
+            description="INT8 grouped GEMMs (per-tensor / per-token x per-channel, hybrid blockwise Q/F): CUTLASS 2.x SM80 "
+                        "mma.sync kernels for every arch, plus TMA + wgmma kernels in the sm_90a build",
             sources=("int8_grouped_gemm.cu", "int8_hybrid_grouped_gemm.cu", "int8_gemm_inst_pt_m64.cu",
                      "int8_gemm_inst_pt_m128.cu", "int8_gemm_inst_hy_m64.cu", "int8_gemm_inst_hy_m128.cu",
                      "int8_gemm_inst_hymg_m64.cu", "int8_gemm_inst_hymg_m128.cu"),
+            arch_sources=(("90a", ("int8_gemm_sm90_inst_pt.cu", "int8_gemm_sm90_inst_hy.cu",
+                                   "int8_gemm_sm90_inst_hymg.cu")),),
             needs_cutlass=True,
             min_arch=80,
         ),

@@ -1,0 +1,585 @@
+// INT8 grouped GEMMs for Hopper (sm_90a): TMA loads, a warp-specialized producer and s8 x s8 -> s32 `wgmma`.
+//
+// The same two GEMMs as the SM80 kernels (int8_grouped_gemm_sm80.cuh), on the same GroupedGemmParams and tile
+// schedule, for the GPUs where mma.sync leaves most of the tensor cores idle:
+//
+//   per-tensor:  acc   += A_tile . B_tile                                       (int32, wgmma accumulates)
+//   hybrid:      blk    = A_tile . B_tile        (one 128-deep K tile == one quantization block, int32)
+//                sg    += Q[row, block] * blk    (int32 IMAD, per super group)
+//                acc_f += F[row, group] * float(sg)  at the end of every super group (several groups only)
+//
+// Layout of a CTA (384 threads, one per SM, persistent): warp group 0 is the producer (one thread issues the TMA
+// loads of A and B into a kStages-deep ring of shared-memory stages, guarded by "full" and "empty" mbarriers);
+// warp groups 1 and 2 are the consumers, each owning 64 rows of the 128 x 128 output tile. A consumer waits for a
+// stage, issues the stage's four m64n128k32 wgmma, and (hybrid) waits for them and folds the block's int32 result
+// into its super-group sum with the row's Q while the other warp group's wgmma run on the tensor cores.
+//
+// Grouping: A is the [rows, K] int8 matrix of all experts' rows (rows grouped by expert) and B the [E * N, K] view
+// of the weights, both loaded by 2-D TMA with 128-byte swizzle. A tile of expert e starts at row
+// expert_offsets[e] + 128 * tile_m and at weight row e * N + 128 * tile_n; rows or columns of the box that belong to
+// the next expert (or lie past the tensor: TMA fills zeros) are computed and not stored. tile_offsets comes from
+// launch_tile_schedule with 128 x 128 tiles; every role walks the same tiles (tile = blockIdx.x + i * gridDim.x),
+// so the producer runs ahead across tile boundaries and the next tile's loads overlap this tile's epilogue.
+//
+// The epilogue multiplies by the scales and stores bf16/fp16 pairs straight from registers (rows past the expert
+// and columns past N are skipped). Everything is on the device: no host sync, CUDA-graph capturable.
+//
+// This header is included by the instantiation TUs (int8_gemm_sm90_inst_*.cu) only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <type_traits>
+
+#include "cute/tensor.hpp"
+#include "cute/atom/copy_traits_sm90_tma.hpp"
+#include "cute/atom/mma_traits_sm90_gmma.hpp"
+#include "cutlass/arch/barrier.h"
+#include "cutlass/arch/reg_reconfig.h"
+#include "cutlass/cutlass.h"
+#include "int8_grouped_gemm_sm80.h"
+#include "int8_grouped_gemm_sm90.h"
+
+namespace moejit {
+namespace int8_gemm {
+namespace sm90 {
+
+using namespace cute;
+
+struct Config {
+  static constexpr int kConsumers = 2;  // consumer warp groups, 64 rows each
+  static constexpr int kBM = kTileM;
+  static constexpr int kBN = kTileN;
+  static constexpr int kBK = kTileK;
+  static constexpr int kStages = 5;     // 5 x 32 KiB (+ 34 KiB of epilogue staging)
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = 232;
+  using SmemAtom = GMMA::Layout_K_SW128_Atom<int8_t>;  // 8 rows x 128 bytes, the TMA box's 128-byte swizzle
+  using SmemLayoutA = decltype(tile_to_shape(SmemAtom{}, make_shape(Int<kBM>{}, Int<kBK>{}, Int<kStages>{})));
+  using SmemLayoutB = decltype(tile_to_shape(SmemAtom{}, make_shape(Int<kBN>{}, Int<kBK>{}, Int<kStages>{})));
+  using TiledMma = decltype(make_tiled_mma(SM90_64x128x32_S32S8S8_SS_TN{}, Layout<Shape<Int<kConsumers>, _1, _1>>{}));
+  static constexpr uint32_t kStageBytes = (kBM + kBN) * kBK;
+  static_assert(kBM == 64 * kConsumers, "one 64-row wgmma per consumer warp group");
+
+};
+
+// TMA descriptor for a [rows, cols] int8 row-major matrix, one box = one stage of `SmemLayout3` (rows, cols, stages);
+// with kMulticast the box is split between the two CTAs of a cluster, each loading its half into both.
+template <class SmemLayout3, bool kMulticast = false>
+auto make_tma(const int8_t* ptr, int rows, int cols) {
+  Tensor g = make_tensor(make_gmem_ptr(ptr), make_layout(make_shape(rows, cols), make_stride(int64_t(cols), _1{})));
+  if constexpr (kMulticast) {
+    return make_tma_copy(SM90_TMA_LOAD_MULTICAST{}, g, SmemLayout3{}(_, _, 0), Int<2>{});
+  } else {
+    return make_tma_copy(SM90_TMA_LOAD{}, g, SmemLayout3{}(_, _, 0));
+  }
+}
+using TmaA = decltype(make_tma<Config::SmemLayoutA>(nullptr, 1, 16));
+using TmaAMulticast = decltype(make_tma<Config::SmemLayoutA, true>(nullptr, 1, 16));
+using TmaB = decltype(make_tma<Config::SmemLayoutB>(nullptr, 1, 16));
+
+// Experts whose schedule is copied to shared memory at the start (more: read from global memory).
+constexpr int kSmemExperts = 1024;
+constexpr int kStagingPitch = Config::kBN * 2 + 16;  // bytes per staged output row (16-bit outputs)
+// Named barrier ids 1 + wg (0 is __syncthreads): a consumer warp group's epilogue.
+
+struct SharedStorage {
+  alignas(1024) int8_t a[cosize_v<Config::SmemLayoutA>];
+  alignas(1024) int8_t b[cosize_v<Config::SmemLayoutB>];
+  alignas(8) uint64_t full[Config::kStages];   // TMA bytes landed (1 arrival + transaction bytes)
+  alignas(8) uint64_t empty[Config::kStages];  // stage consumed (one arrival per consumer warp group)
+  int32_t tile_offsets[kSmemExperts + 1];      // copies of the schedule and of the clamped expert offsets
+  int32_t expert_offsets[kSmemExperts + 1];
+  // Epilogue staging, one 64 x 128 half tile per consumer warp group; rows padded by 16 bytes so the fragment's
+  // 8-row stores hit distinct banks (the pitch stays a multiple of 16 bytes for the bulk copies).
+  alignas(128) uint8_t staging[Config::kConsumers][64 * kStagingPitch];
+  alignas(16) float col_scale[Config::kConsumers][Config::kBN];  // the tile's weight scales, per warp group
+};
+constexpr int kSmemBytes = static_cast<int>(sizeof(SharedStorage)) + 1024;  // + alignment slack of the base
+
+// kCluster = 2: clusters of two CTAs along N. The schedule's tiles come in pairs (2j, 2j + 1) that share the M tile
+// (tiles_n is even, checked by the host), the cluster walks the pairs, CTA r of the cluster takes tile 2j + r, and
+// each CTA loads half of the shared A box for both (multicast): A's L2 -> SM traffic halves.
+template <int kCluster>
+struct KernelParams {
+  std::conditional_t<kCluster == 2, TmaAMulticast, TmaA> tma_a;
+  TmaB tma_b;
+  GroupedGemmParams p;
+};
+
+// The tiles a CTA visits: tile = first + i * stride with kCluster == 1; pairs with kCluster == 2.
+template <int kCluster>
+struct TileSequence {
+  int first, stride;
+  CUTLASS_DEVICE TileSequence() {
+    if constexpr (kCluster == 1) {
+      first = blockIdx.x;
+      stride = gridDim.x;
+    } else {
+      first = 2 * (blockIdx.x / 2) + static_cast<int>(cute::block_rank_in_cluster());
+      stride = gridDim.x;  // gridDim.x / 2 clusters, 2 tiles per pair
+    }
+  }
+};
+
+// The tile `tile` of the schedule: its expert, the expert's rows and the tile's row / column offsets.
+struct TileCoord {
+  int expert, row_begin, m_e, row0, col0;
+};
+
+// Finds the expert of each tile a role visits. Tiles come in increasing order, so with the schedule in shared
+// memory (E <= kSmemExperts) the expert only moves forward; otherwise a binary search over global memory.
+struct TileWalker {
+  const GroupedGemmParams& p;
+  const SharedStorage& shared;
+  int tiles_n;
+  int expert = 0;
+
+  CUTLASS_DEVICE TileCoord locate(int tile) {
+    int e = expert;
+    int row_begin, row_end;
+    if (p.num_experts <= kSmemExperts) {
+      while (shared.tile_offsets[e + 1] <= tile) ++e;  // tile < tile_offsets[E]: stops at e < E
+      expert = e;
+      row_begin = shared.expert_offsets[e];
+      row_end = shared.expert_offsets[e + 1];
+    } else {
+      int lo = 0, hi = p.num_experts - 1;  // the last e with tile_offsets[e] <= tile (empty experts are skipped)
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (p.tile_offsets[mid] <= tile) lo = mid; else hi = mid - 1;
+      }
+      e = lo;
+      row_begin = min(max(p.expert_offsets[e], 0), p.rows);
+      row_end = min(max(p.expert_offsets[e + 1], row_begin), p.rows);
+    }
+    const int local = tile - (p.num_experts <= kSmemExperts ? shared.tile_offsets[e] : p.tile_offsets[e]);
+    return {e, row_begin, row_end - row_begin, (local / tiles_n) * Config::kBM, (local % tiles_n) * Config::kBN};
+  }
+};
+
+// All threads: the schedule and the expert offsets clamped to [0, rows] into shared memory, when they fit. (An
+// expert that owns tiles has clamp(off[e + 1]) > clamp(off[e]), the schedule kernel's row count, so the walker's
+// row_end = clamp(off[e + 1]) is the global path's min(max(off[e + 1], row_begin), rows) wherever it is read.)
+CUTLASS_DEVICE void stage_schedule(const GroupedGemmParams& p, SharedStorage& shared) {
+  if (p.num_experts > kSmemExperts) return;
+  for (int e = threadIdx.x; e <= p.num_experts; e += blockDim.x) {
+    shared.tile_offsets[e] = p.tile_offsets[e];
+    shared.expert_offsets[e] = min(max(p.expert_offsets[e], 0), p.rows);
+  }
+}
+
+// Two outputs rounded to OutT, packed into 32 bits (the first in the low half).
+template <typename OutT>
+CUTLASS_DEVICE uint32_t pack_pair(float x, float y) {
+  if constexpr (std::is_same<OutT, __nv_bfloat16>::value) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(x, y);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+
+template <typename OutT>
+CUTLASS_DEVICE void store_pair(OutT* dst, float x, float y, bool both, bool vector_ok) {
+  if (both && vector_ok) {
+    if constexpr (std::is_same<OutT, __nv_bfloat16>::value) {
+      *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(x, y);
+    } else {
+      *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(x, y);
+    }
+  } else {
+    dst[0] = static_cast<OutT>(x);
+    if (both) dst[1] = static_cast<OutT>(y);
+  }
+}
+
+template <int kCluster>
+CUTLASS_DEVICE void producer(const KernelParams<kCluster>& kp, SharedStorage& shared) {
+  const GroupedGemmParams& p = kp.p;
+  const int tiles_n = (p.n + Config::kBN - 1) / Config::kBN;
+  const int k_tiles = (p.k + Config::kBK - 1) / Config::kBK;
+  const int total_tiles = p.num_experts <= kSmemExperts ? shared.tile_offsets[p.num_experts]
+                                                         : p.tile_offsets[p.num_experts];
+  Tensor mA = kp.tma_a.get_tma_tensor(make_shape(p.rows, p.k));
+  Tensor mB = kp.tma_b.get_tma_tensor(make_shape(p.num_experts * p.n, p.k));
+  Tensor sA = make_tensor(make_smem_ptr(shared.a), Config::SmemLayoutA{});
+  Tensor sB = make_tensor(make_smem_ptr(shared.b), Config::SmemLayoutB{});
+  int stage = 0;
+  uint32_t phase = 1;  // a fresh "empty" barrier counts as consumed
+  TileWalker walker{p, shared, tiles_n};
+  const TileSequence<kCluster> seq;
+  const int rank = kCluster == 2 ? static_cast<int>(cute::block_rank_in_cluster()) : 0;
+  for (int tile = seq.first; tile < total_tiles; tile += seq.stride) {
+    const TileCoord t = walker.locate(tile);
+    Tensor gA = local_tile(domain_offset(make_coord(t.row_begin + t.row0, 0), mA),
+                           Shape<Int<Config::kBM>, Int<Config::kBK>>{}, make_coord(0, _));  // (BM, BK, k)
+    Tensor gB = local_tile(domain_offset(make_coord(t.expert * p.n + t.col0, 0), mB),
+                           Shape<Int<Config::kBN>, Int<Config::kBK>>{}, make_coord(0, _));  // (BN, BK, k)
+    auto [tAgA, tAsA] = tma_partition(kp.tma_a, rank, Layout<Int<kCluster>>{}, group_modes<0, 2>(sA),
+                                      group_modes<0, 2>(gA));
+    auto [tBgB, tBsB] = tma_partition(kp.tma_b, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sB), group_modes<0, 2>(gB));
+    for (int kb = 0; kb < k_tiles; ++kb) {
+      cutlass::arch::ClusterBarrier::wait(&shared.empty[stage], phase);
+      cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&shared.full[stage], Config::kStageBytes);
+      if constexpr (kCluster == 2) {
+        copy(kp.tma_a.with(shared.full[stage], uint16_t{0b11}), tAgA(_, kb), tAsA(_, stage));
+      } else {
+        copy(kp.tma_a.with(shared.full[stage]), tAgA(_, kb), tAsA(_, stage));
+      }
+      copy(kp.tma_b.with(shared.full[stage]), tBgB(_, kb), tBsB(_, stage));
+      if (++stage == Config::kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+  }
+}
+
+template <int kCluster, bool kHybrid, bool kMultiGroup, typename OutT>
+CUTLASS_DEVICE void consumer(const KernelParams<kCluster>& kp, SharedStorage& shared, int consumer_tid) {
+  const GroupedGemmParams& p = kp.p;
+  const int tiles_n = (p.n + Config::kBN - 1) / Config::kBN;
+  const int k_tiles = (p.k + Config::kBK - 1) / Config::kBK;
+  const int total_tiles = p.num_experts <= kSmemExperts ? shared.tile_offsets[p.num_experts]
+                                                         : p.tile_offsets[p.num_experts];
+  const bool signals = consumer_tid % 128 == 0;  // one "empty" arrival per warp group
+
+  Tensor sA = make_tensor(make_smem_ptr(shared.a), Config::SmemLayoutA{});
+  Tensor sB = make_tensor(make_smem_ptr(shared.b), Config::SmemLayoutB{});
+  typename Config::TiledMma mma;
+  auto thr = mma.get_thread_slice(consumer_tid);
+  Tensor tCrA = thr.make_fragment_A(thr.partition_A(sA));  // (MMA, MMA_M, MMA_K, stages) smem descriptors
+  Tensor tCrB = thr.make_fragment_B(thr.partition_B(sB));
+  Tensor tCcC = thr.partition_C(make_identity_tensor(Shape<Int<Config::kBM>, Int<Config::kBN>>{}));
+  Tensor acc = partition_fragment_C(mma, Shape<Int<Config::kBM>, Int<Config::kBN>>{});  // int32
+  static_assert(size(decltype(acc){}) == 64, "64 x 128 per warp group over 128 threads");
+  // wgmma's accumulator fragment: element i is at row r0 + 8 * ((i >> 1) & 1) and column c0 + (i & 1) + 8 * (i >> 2)
+  // of the warp group's 64 x 128 tile, so each thread touches two rows.
+  const int r_lo = get<0>(tCcC(0));
+  constexpr int kRows = 2;
+  auto row_slot = [](int i) { return (i >> 1) & 1; };
+
+  decltype(acc) sg;                                          // hybrid: int32 sum over the current super group
+  float acc_f[kMultiGroup ? size(decltype(acc){}) : 1];      // hybrid, several groups: float sum of finished groups
+
+  int stage = 0;
+  uint32_t phase = 0;
+  const bool vector_ok = (p.n % 2) == 0;
+  // Rows of 8k outputs are 16-byte multiples at 16-byte aligned addresses: bulk copies (else direct stores).
+  const bool bulk_store = !kMultiGroup && (p.n % 8) == 0 && (reinterpret_cast<uintptr_t>(p.out) % 16) == 0;
+  const int wg = consumer_tid / 128;
+  const int wg_tid = consumer_tid % 128;
+  TileWalker walker{p, shared, tiles_n};
+  const TileSequence<kCluster> seq;
+  // A stage is free once the consumers of every CTA that reads it (the cluster: the multicast A) are done with it.
+  auto free_stage = [&](int s) {
+    if (!signals) return;
+    if constexpr (kCluster == 2) {
+      cutlass::arch::ClusterBarrier::arrive(&shared.empty[s], 0, 1);
+      cutlass::arch::ClusterBarrier::arrive(&shared.empty[s], 1, 1);
+    } else {
+      cutlass::arch::ClusterBarrier::arrive(&shared.empty[s]);
+    }
+  };
+  for (int tile = seq.first; tile < total_tiles; tile += seq.stride) {
+    const TileCoord t = walker.locate(tile);
+    int grow[kRows];  // global row of each row slot, or -1 past the expert's rows
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const int row = t.row0 + r_lo + 8 * r;
+      grow[r] = row < t.m_e ? t.row_begin + row : -1;
+    }
+    const bool per_channel = kHybrid || p.b_scale_per_channel;
+    const float* w_scale = p.b_scale + (per_channel ? static_cast<int64_t>(t.expert) * p.n : t.expert);
+    // The weight scale of column col0 + wg_tid, loaded before the mainloop (its latency hides there) and shared
+    // with the warp group through shared memory at the epilogue: one register instead of the 32 columns a thread
+    // writes.
+    const int my_col = t.col0 + wg_tid;
+    const float my_col_scale = my_col < p.n ? __ldg(w_scale + (per_channel ? my_col : 0)) : 0.0f;
+    float row_scale[kRows];  // a_scale (per-tensor GEMM), F (hybrid, one super group) or 1
+    CUTLASS_PRAGMA_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      if constexpr (kHybrid) {
+        row_scale[r] = kMultiGroup ? 1.0f : (grow[r] >= 0 ? __ldg(p.a_f + static_cast<int64_t>(grow[r]) * p.num_groups)
+                                                          : 0.0f);
+      } else {
+        row_scale[r] = !p.a_scale_per_row ? __ldg(p.a_scale) : (grow[r] >= 0 ? __ldg(p.a_scale + grow[r]) : 0.0f);
+      }
+    }
+
+    if constexpr (!kHybrid) {
+      int prev_stage = -1;
+      for (int kb = 0; kb < k_tiles; ++kb) {
+        cutlass::arch::ClusterBarrier::wait(&shared.full[stage], phase);
+        warpgroup_fence_operand(acc);
+        warpgroup_arrive();
+        mma.accumulate_ = kb == 0 ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
+        CUTLASS_PRAGMA_UNROLL
+        for (int kk = 0; kk < size<2>(tCrA); ++kk) {
+          cute::gemm(mma, tCrA(_, _, kk, stage), tCrB(_, _, kk, stage), acc);
+          mma.accumulate_ = GMMA::ScaleOut::One;
+        }
+        warpgroup_commit_batch();
+        warpgroup_wait<1>();  // the previous stage's wgmma are done: hand its buffers back
+        warpgroup_fence_operand(acc);
+        if (prev_stage >= 0) free_stage(prev_stage);
+        prev_stage = stage;
+        if (++stage == Config::kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc);
+      if (prev_stage >= 0) free_stage(prev_stage);
+    } else {
+      auto load_q = [&](int32_t (&dst)[kRows], int block) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < kRows; ++r) {
+          dst[r] = grow[r] >= 0 && block < k_tiles
+                       ? __ldg(p.a_q + static_cast<int64_t>(grow[r]) * p.num_blocks + block) : 0;
+        }
+      };
+      // Waits for the next stage and issues its four wgmma into `frag` (a fresh int32 block result).
+      auto issue = [&](auto& frag) {
+        cutlass::arch::ClusterBarrier::wait(&shared.full[stage], phase);
+        warpgroup_fence_operand(frag);
+        warpgroup_arrive();
+        mma.accumulate_ = GMMA::ScaleOut::Zero;
+        CUTLASS_PRAGMA_UNROLL
+        for (int kk = 0; kk < size<2>(tCrA); ++kk) {
+          cute::gemm(mma, tCrA(_, _, kk, stage), tCrB(_, _, kk, stage), frag);
+          mma.accumulate_ = GMMA::ScaleOut::One;
+        }
+        warpgroup_commit_batch();
+        if (++stage == Config::kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      };
+      int release_stage = stage;
+      auto release = [&]() {
+        free_stage(release_stage);
+        if (++release_stage == Config::kStages) release_stage = 0;
+      };
+      int32_t q_cur[kRows], q_next[kRows];
+      float f_cur[kRows];
+      load_q(q_cur, 0);
+      load_q(q_next, 1);
+      clear(sg);
+      if constexpr (kMultiGroup) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(acc); ++i) acc_f[i] = 0.0f;
+      }
+      // Folds block kb (its wgmma complete, in `frag`) into the super-group sum, and a finished group into acc_f;
+      // q_after holds block kb + 2's Q.
+      auto fold = [&](auto& frag, int kb, const int32_t (&q_after)[kRows]) {
+        if constexpr (kMultiGroup) {
+          if (kb % p.super_group == 0) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int r = 0; r < kRows; ++r) {
+              f_cur[r] = grow[r] >= 0
+                             ? __ldg(p.a_f + static_cast<int64_t>(grow[r]) * p.num_groups + kb / p.super_group) : 0.0f;
+            }
+          }
+        }
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(frag); ++i) sg(i) += q_cur[row_slot(i)] * frag(i);
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < kRows; ++r) {
+          q_cur[r] = q_next[r];
+          q_next[r] = q_after[r];
+        }
+        if constexpr (kMultiGroup) {
+          if ((kb + 1) % p.super_group == 0 || kb + 1 == k_tiles) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int i = 0; i < size(frag); ++i) {
+              acc_f[i] += f_cur[row_slot(i)] * static_cast<float>(sg(i));
+              sg(i) = 0;
+            }
+          }
+        }
+      };
+      // One block in flight per warp group: the other warp group's wgmma keep the tensor cores busy during a fold.
+      // (A double-buffered variant, block kb + 1's wgmma issued before folding block kb, made ptxas serialize the
+      // wgmma: C7514, accumulator registers read inside a wgmma pipeline stage. Making the two warp groups issue
+      // their blocks in strict alternation, with named barriers, was 4-5% slower on an H200.)
+      for (int kb = 0; kb < k_tiles; ++kb) {
+        issue(acc);
+        int32_t q_after[kRows];
+        load_q(q_after, kb + 2);  // two blocks ahead, issued while the wgmma run
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(acc);
+        release();
+        fold(acc, kb, q_after);
+      }
+    }
+
+    // Epilogue: row scale x column scale x value -> OutT pairs.
+    auto value = [&](int i) {
+      if constexpr (kMultiGroup) return acc_f[i];
+      return static_cast<float>(kHybrid ? sg(i) : acc(i));
+    };
+    OutT* out = static_cast<OutT*>(p.out);
+    // The previous tile's bulk copies have read the staging buffer, and every thread is done with the previous
+    // tile's column scales.
+    if (bulk_store && wg_tid < 64) cute::tma_store_wait<0>();
+    shared.col_scale[wg][wg_tid] = my_col_scale;
+    cutlass::arch::NamedBarrier::sync(128, 1 + wg);
+    auto col_scales = [&](int i) {  // the scales of element i's column and the next (i even: an even column)
+      return *reinterpret_cast<const float2*>(&shared.col_scale[wg][get<1>(tCcC(i))]);
+    };
+    if (bulk_store) {
+      // Stage the warp group's 64 x 128 half in shared memory, then one asynchronous bulk copy per valid row
+      // (cp.async.bulk, full 128-byte lines) that drains while the next tile's wgmma run.
+      uint8_t* staging = shared.staging[wg];
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(acc); i += 2) {
+        const int r = row_slot(i);
+        const float2 cs = col_scales(i);
+        const int row = get<0>(tCcC(i)) - 64 * wg;
+        const int col = get<1>(tCcC(i));
+        *reinterpret_cast<uint32_t*>(staging + row * kStagingPitch + col * 2) =
+            pack_pair<OutT>(value(i) * row_scale[r] * cs.x, value(i + 1) * row_scale[r] * cs.y);
+      }
+      cute::tma_store_fence();  // the generic-proxy writes above, visible to the bulk copies
+      cutlass::arch::NamedBarrier::sync(128, 1 + wg);
+      if (wg_tid < 64) {
+        const int row = t.row0 + 64 * wg + wg_tid;
+        if (row < t.m_e) {
+          const int bytes = min(Config::kBN, p.n - t.col0) * static_cast<int>(sizeof(OutT));
+          cute::SM90_BULK_COPY_S2G::copy(staging + wg_tid * kStagingPitch,
+                                         out + static_cast<int64_t>(t.row_begin + row) * p.n + t.col0, bytes);
+        }
+        cute::tma_store_arrive();
+      }
+    } else {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(acc); i += 2) {
+        const int r = row_slot(i);
+        const int col = t.col0 + get<1>(tCcC(i));
+        if (grow[r] >= 0 && col < p.n) {
+          const float2 cs = col_scales(i);
+          store_pair(out + static_cast<int64_t>(grow[r]) * p.n + col, value(i) * row_scale[r] * cs.x,
+                     value(i + 1) * row_scale[r] * cs.y, col + 1 < p.n, vector_ok);
+        }
+      }
+      cutlass::arch::NamedBarrier::sync(128, 1 + wg);  // the column scales are read before the next tile's
+    }
+  }
+  if (bulk_store && wg_tid < 64) cute::tma_store_wait<0>();
+}
+
+template <int kCluster, bool kHybrid, bool kMultiGroup, typename OutT>
+__global__ void __launch_bounds__(Config::kThreads, 1)
+    grouped_gemm_kernel(const __grid_constant__ KernelParams<kCluster> kp) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ uint8_t smem_raw[];
+  auto& shared = *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  const int warp_group = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < Config::kStages; ++s) {
+      cutlass::arch::ClusterBarrier::init(&shared.full[s], 1);
+      cutlass::arch::ClusterBarrier::init(&shared.empty[s], Config::kConsumers * kCluster);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  stage_schedule(kp.p, shared);
+  if constexpr (kCluster == 2) {
+    cute::cluster_arrive_relaxed();  // the peer's barriers are initialized before anything reaches them
+    cute::cluster_wait();
+  } else {
+    __syncthreads();
+  }
+  if (warp_group == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Config::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      cute::prefetch_tma_descriptor(kp.tma_a.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(kp.tma_b.get_tma_descriptor());
+      producer(kp, shared);
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Config::kConsumerRegs>();
+    consumer<kCluster, kHybrid, kMultiGroup, OutT>(kp, shared, static_cast<int>(threadIdx.x) - 128);
+  }
+  if constexpr (kCluster == 2) {
+    // Neither CTA leaves while the peer may still arrive on its barriers.
+    cute::cluster_arrive_relaxed();
+    cute::cluster_wait();
+  }
+#endif
+}
+
+template <int kCluster, bool kHybrid, bool kMultiGroup, typename OutT>
+void launch(const GroupedGemmParams& params, cudaStream_t stream) {
+  auto kernel = grouped_gemm_kernel<kCluster, kHybrid, kMultiGroup, OutT>;
+  int device = 0;
+  cudaGetDevice(&device);
+  if (device < 0 || device >= 64) device = 0;
+  cudaLaunchConfig_t config = {};
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = kCluster;
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.blockDim = dim3(Config::kThreads);
+  config.dynamicSmemBytes = kSmemBytes;
+  config.stream = stream;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  // Per-device one-time setup: opt in to the shared memory; the clusters that fit on the device at once (the
+  // persistent grid: more would only queue).
+  static std::mutex mutex;
+  static int resident_clusters[64] = {0};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (resident_clusters[device] == 0) {
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+      if (kCluster > 1) cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 0);
+      int sms = 0;
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+      config.gridDim = dim3(sms / kCluster * kCluster);
+      int clusters = 0;
+      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess || clusters < 1) {
+        (void)cudaGetLastError();
+        clusters = sms / kCluster;
+      }
+      resident_clusters[device] = std::max(clusters, 1);
+    }
+  }
+  KernelParams<kCluster> kp{
+      make_tma<Config::SmemLayoutA, kCluster == 2>(params.a, params.rows, params.k),
+      make_tma<Config::SmemLayoutB>(params.b, params.num_experts * params.n, params.k), params};
+  const int wanted = (params.max_tiles + kCluster - 1) / kCluster;
+  config.gridDim = dim3(kCluster * std::max(1, std::min(wanted, resident_clusters[device])));
+  cudaLaunchKernelEx(&config, kernel, kp);
+}
+
+}  // namespace sm90
+
+template <bool kHybrid, bool kMultiGroup, typename OutT>
+void launch_grouped_gemm_sm90(const GroupedGemmParams& params, cudaStream_t stream) {
+  // Clusters of two along N need the schedule's tiles in pairs of one M tile: an even number of N tiles.
+  // MOEJIT_INT8_SM90_CLUSTER=1 forces single CTAs (a benchmarking override, read on every call).
+  const char* env = std::getenv("MOEJIT_INT8_SM90_CLUSTER");
+  const bool single = env != nullptr && env[0] == '1' && env[1] == '\0';
+  const int tiles_n = (params.n + sm90::kTileN - 1) / sm90::kTileN;
+  if (tiles_n % 2 == 0 && !single) return sm90::launch<2, kHybrid, kMultiGroup, OutT>(params, stream);
+  sm90::launch<1, kHybrid, kMultiGroup, OutT>(params, stream);
+}
+
+}  // namespace int8_gemm
+}  // namespace moejit
+
+#define MOEJIT_INT8_GEMM_SM90_INSTANTIATE(HYBRID, MULTI)                                                       \
+  template void moejit::int8_gemm::launch_grouped_gemm_sm90<HYBRID, MULTI, __nv_bfloat16>(                 \
+      const moejit::int8_gemm::GroupedGemmParams&, cudaStream_t);                                          \
+  template void moejit::int8_gemm::launch_grouped_gemm_sm90<HYBRID, MULTI, __half>(                        \
+      const moejit::int8_gemm::GroupedGemmParams&, cudaStream_t);
