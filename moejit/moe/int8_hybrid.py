@@ -1,4 +1,5 @@
-"""The INT8 hybrid blockwise MoE layer (seed 003): CUTLASS SM80 hybrid grouped GEMMs around Triton Q/F quantizers.
+"""The INT8 hybrid blockwise MoE layer (seed 003): CUTLASS INT8 hybrid grouped GEMMs (SM80 kernels; TMA + wgmma ones
+on Hopper) around Triton Q/F quantizers.
 
 Pipeline of :func:`cutlass_moe_int8_hybrid` (nothing synchronizes with the host; CUDA-graph capturable)::
 

@@ -1,4 +1,6 @@
-"""Ops of the ``sm80_int8`` JIT module: CUTLASS 2.x (SM80 tensor-core) INT8 grouped GEMMs.
+"""Ops of the ``sm80_int8`` JIT module: INT8 grouped GEMMs, CUTLASS 2.x SM80 (``mma.sync``) kernels on every arch and,
+in the module's sm_90a build, TMA + ``wgmma`` kernels chosen from 32 rows per expert on (``docs/int8_gemm.md``;
+``MOEJIT_INT8_GEMM_KERNEL=sm80|sm90`` forces one on an sm_90 GPU).
 
 Both GEMMs take the rows of all experts in one tensor, grouped by expert (``expert_offsets`` from
 :func:`moejit.ops.moe_permute`), and run as one launch: a small device kernel turns ``expert_offsets`` into a tile
