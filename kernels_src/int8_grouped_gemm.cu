@@ -72,17 +72,21 @@ int tile_m_for(int64_t rows, int64_t num_experts) {
   return choose_tile_m(rows, num_experts);
 }
 
-Kernel kernel_for(int64_t rows, int64_t num_experts) {
+Kernel kernel_for(const char* op, int64_t rows, int64_t num_experts) {
 #if defined(MOEJIT_ARCH_90A)
   // This build of the module is for sm_90a, so the device is an sm_90 (the JIT builds for the detected arch).
   if (const char* env = std::getenv("MOEJIT_INT8_GEMM_KERNEL")) {
     const std::string value(env);
     if (value == "sm80") return Kernel::kSm80;
-    if (value == "sm90") return Kernel::kSm90;
+    if (value == "sm90") {
+      MOEJIT_CHECK(num_experts <= sm90::kMaxExperts, op, ": MOEJIT_INT8_GEMM_KERNEL=sm90, but the SM90 kernels take ",
+                   "at most ", sm90::kMaxExperts, " experts (got ", num_experts, "); unset it to use the SM80 ones");
+      return Kernel::kSm90;
+    }
   }
   return choose_kernel(rows, num_experts);
 #else
-  (void)rows, (void)num_experts;
+  (void)op, (void)rows, (void)num_experts;
   return Kernel::kSm80;
 #endif
 }
@@ -97,7 +101,7 @@ PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Ten
                               const at::Tensor& expert_offsets, cudaStream_t stream) {
   const int64_t rows = a.size(0), k = a.size(1), num_experts = b.size(0), n = b.size(1);
   PreparedLaunch launch;
-  launch.kernel = kernel_for(rows, num_experts);
+  launch.kernel = kernel_for(op, rows, num_experts);
   const bool sm90 = launch.kernel == Kernel::kSm90;
   launch.tile_m = sm90 ? sm90::kTileM : tile_m_for(rows, num_experts);
   const int tile_n = sm90 ? sm90::kTileN : kTileN;

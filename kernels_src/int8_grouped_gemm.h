@@ -27,15 +27,15 @@ enum class Kernel : int { kSm80 = 0, kSm90 = 1 };
 
 // The kernel for a launch in an sm_90a build, from shapes only: the 128 x 128 wgmma tiles from 32 rows per expert
 // on; below, the SM80 kernels' 64-row tiles (more CTAs per SM, less padding) were faster on an H200
-// (docs/int8_gemm.md).
+// (docs/int8_gemm.md). The SM90 kernels take at most sm90::kMaxExperts experts.
 inline Kernel choose_kernel(int64_t rows, int64_t num_experts) {
-  return rows >= 32 * num_experts ? Kernel::kSm90 : Kernel::kSm80;
+  return rows >= 32 * num_experts && num_experts <= sm90::kMaxExperts ? Kernel::kSm90 : Kernel::kSm80;
 }
 
 // kernel_for: Kernel::kSm80 unless the module is built for sm_90a; there choose_kernel(rows, E), unless the
 // environment variable MOEJIT_INT8_GEMM_KERNEL is sm80 or sm90 (a benchmarking and testing override, read on
-// every call).
-Kernel kernel_for(int64_t rows, int64_t num_experts);
+// every call; sm90 with more than sm90::kMaxExperts experts is an error naming `op`).
+Kernel kernel_for(const char* op, int64_t rows, int64_t num_experts);
 // The SM80 threadblock tile rows for a launch: choose_tile_m(rows, E) from shapes only, unless the environment
 // variable MOEJIT_INT8_GEMM_TILE_M is 64 or 128 (a benchmarking override, read on every call).
 int tile_m_for(int64_t rows, int64_t num_experts);

@@ -18,11 +18,14 @@
 // of the weights, both loaded by 2-D TMA with 128-byte swizzle. A tile of expert e starts at row
 // expert_offsets[e] + 128 * tile_m and at weight row e * N + 128 * tile_n; rows or columns of the box that belong to
 // the next expert (or lie past the tensor: TMA fills zeros) are computed and not stored. tile_offsets comes from
-// launch_tile_schedule with 128 x 128 tiles; every role walks the same tiles (tile = blockIdx.x + i * gridDim.x),
-// so the producer runs ahead across tile boundaries and the next tile's loads overlap this tile's epilogue.
+// launch_tile_schedule with 128 x 128 tiles; every role of a CTA walks the same tiles (TileSequence), so the
+// producer runs ahead across tile boundaries and the next tile's loads overlap this tile's epilogue.
 //
-// The epilogue multiplies by the scales and stores bf16/fp16 pairs straight from registers (rows past the expert
-// and columns past N are skipped). Everything is on the device: no host sync, CUDA-graph capturable.
+// The epilogue multiplies by the scales, stages each consumer's 64 x 128 half in shared memory and writes every
+// valid row with one asynchronous bulk copy (cp.async.bulk) that drains during the next tile; where rows are not
+// 16-byte multiples (N % 8 != 0), and for the multi-group hybrid, it stores bf16/fp16 pairs from registers. Rows
+// past the expert and columns past N are never written. Everything is on the device: no host sync, CUDA-graph
+// capturable.
 //
 // This header is included by the instantiation TUs (int8_gemm_sm90_inst_*.cu) only.
 #pragma once
@@ -83,8 +86,11 @@ using TmaA = decltype(make_tma<Config::SmemLayoutA>(nullptr, 1, 16));
 using TmaAMulticast = decltype(make_tma<Config::SmemLayoutA, true>(nullptr, 1, 16));
 using TmaB = decltype(make_tma<Config::SmemLayoutB>(nullptr, 1, 16));
 
-// Experts whose schedule is copied to shared memory at the start (more: read from global memory).
+// Experts whose schedule is copied to shared memory at the start (more: read from global memory). The host sends
+// launches with more than kMaxExperts experts to the SM80 kernels (choose_kernel), so the global-memory path below
+// is not what runs; it keeps the kernel correct for any E.
 constexpr int kSmemExperts = 1024;
+static_assert(kSmemExperts == kMaxExperts, "the host's expert limit is the shared-memory schedule's size");
 constexpr int kStagingPitch = Config::kBN * 2 + 16;  // bytes per staged output row (16-bit outputs)
 // Named barrier ids 1 + wg (0 is __syncthreads): a consumer warp group's epilogue.
 
@@ -92,7 +98,7 @@ struct SharedStorage {
   alignas(1024) int8_t a[cosize_v<Config::SmemLayoutA>];
   alignas(1024) int8_t b[cosize_v<Config::SmemLayoutB>];
   alignas(8) uint64_t full[Config::kStages];   // TMA bytes landed (1 arrival + transaction bytes)
-  alignas(8) uint64_t empty[Config::kStages];  // stage consumed (one arrival per consumer warp group)
+  alignas(8) uint64_t empty[Config::kStages];  // stage consumed (one arrival per consumer warp group of each CTA)
   int32_t tile_offsets[kSmemExperts + 1];      // copies of the schedule and of the clamped expert offsets
   int32_t expert_offsets[kSmemExperts + 1];
   // Epilogue staging, one 64 x 128 half tile per consumer warp group; rows padded by 16 bytes so the fragment's

@@ -15,6 +15,8 @@ namespace sm90 {
 // Output tile of the SM90 kernels (two consumer warp groups of 64 rows); the K tile is kTileK (one block).
 constexpr int kTileM = 128;
 constexpr int kTileN = 128;
+// Experts the SM90 kernels take (their schedule lives in shared memory); more run the SM80 kernels.
+constexpr int kMaxExperts = 1024;
 }  // namespace sm90
 
 // params.tile_offsets must come from launch_tile_schedule(..., sm90::kTileM, sm90::kTileN) and params.max_tiles
