@@ -29,6 +29,7 @@
 #include "cutlass/gemm/threadblock/default_mma.h"
 #include "cutlass/layout/matrix.h"
 #include "int8_grouped_gemm_sm80.h"
+#include "int8_gemm_store.cuh"
 
 namespace moejit {
 namespace int8_gemm {
@@ -315,20 +316,6 @@ struct HybridHook {
     return static_cast<float>(sg[i]);
   }
 };
-
-template <typename OutT>
-CUTLASS_DEVICE void store_pair(OutT* dst, float x, float y, bool both, bool vector_ok) {
-  if (both && vector_ok) {
-    if constexpr (std::is_same<OutT, __nv_bfloat16>::value) {
-      *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(x, y);
-    } else {
-      *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(x, y);
-    }
-  } else {
-    dst[0] = static_cast<OutT>(x);
-    if (both) dst[1] = static_cast<OutT>(y);
-  }
-}
 
 // Occupancy the register allocation must allow: see TileConfig::kMinBlocks (the multi-group hybrid: one CTA).
 template <class Cfg, bool kHybrid, bool kMultiGroup, typename OutT>

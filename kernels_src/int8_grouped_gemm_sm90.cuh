@@ -45,6 +45,7 @@
 #include "cutlass/arch/reg_reconfig.h"
 #include "cutlass/cutlass.h"
 #include "int8_grouped_gemm_sm80.h"
+#include "int8_gemm_store.cuh"
 #include "int8_grouped_gemm_sm90.h"
 
 namespace moejit {
@@ -189,20 +190,6 @@ CUTLASS_DEVICE uint32_t pack_pair(float x, float y) {
   } else {
     const __half2 v = __floats2half2_rn(x, y);
     return *reinterpret_cast<const uint32_t*>(&v);
-  }
-}
-
-template <typename OutT>
-CUTLASS_DEVICE void store_pair(OutT* dst, float x, float y, bool both, bool vector_ok) {
-  if (both && vector_ok) {
-    if constexpr (std::is_same<OutT, __nv_bfloat16>::value) {
-      *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(x, y);
-    } else {
-      *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(x, y);
-    }
-  } else {
-    dst[0] = static_cast<OutT>(x);
-    if (both) dst[1] = static_cast<OutT>(y);
   }
 }
 
