@@ -17,6 +17,8 @@ of 1e-4 · max|y|) and the one rounding to the output type: half an ulp is 2^-8 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -384,6 +386,29 @@ def test_empty_rows_and_all_empty_experts():
                                           torch.ones(5, 1, device=DEV), b, torch.ones(e, n, device=DEV), off)
     torch.cuda.synchronize()
     assert out.shape == (5, n)
+
+
+@gpu
+def test_more_experts_than_the_sm90_schedule_holds(int8_kernel, monkeypatch, seeded):
+    """The SM90 kernels keep the schedule in shared memory (at most 1024 experts): with more, the automatic choice
+    runs the SM80 kernels (correctly), and forcing sm90 is a clear error."""
+    if int8_kernel != "sm90" or "MOEJIT_INT8_SM90_CLUSTER" in os.environ:
+        pytest.skip("one run, on sm_90")
+    e, n, k = 1100, 256, 256
+    counts = [64 if i % 100 == 0 else (1 if i % 7 == 0 else 0) for i in range(e)]  # ~700 rows, most experts empty
+    offsets = offsets_from_counts(counts)
+    rows = int(offsets[-1])
+    a = rand_int8((rows, k), seeded).to(DEV)
+    b = rand_int8((e, n, k), seeded).to(DEV)
+    a_scale = (0.5 + torch.rand(rows, generator=seeded)).to(DEV) / 127.0
+    b_scale = (0.5 + torch.rand(e, n, generator=seeded)).to(DEV) / (127.0 * k**0.5)
+    off = offsets.to(DEV)
+    monkeypatch.delenv("MOEJIT_INT8_GEMM_KERNEL")
+    out = int8_ops.int8_grouped_mm(a, a_scale, b, b_scale, off, torch.bfloat16)
+    assert_close(out, ref_per_tensor(a, a_scale, b, b_scale, offsets), torch.bfloat16, rows)
+    monkeypatch.setenv("MOEJIT_INT8_GEMM_KERNEL", "sm90")
+    with pytest.raises(RuntimeError, match="at most 1024 experts"):
+        int8_ops.int8_grouped_mm(a, a_scale, b, b_scale, off, torch.bfloat16)
 
 
 @gpu
