@@ -38,7 +38,7 @@ namespace int8_gemm {
 template <int kTileMRows>
 struct TileConfig {
   static constexpr int kM = kTileMRows;
-  static constexpr int kN = 64;
+  static constexpr int kN = kTileN;
   static constexpr int kK = kTileK;
   static constexpr int kWarpM = 32;
   static constexpr int kWarpN = 32;

@@ -69,7 +69,6 @@ struct Config {
   using TiledMma = decltype(make_tiled_mma(SM90_64x128x32_S32S8S8_SS_TN{}, Layout<Shape<Int<kConsumers>, _1, _1>>{}));
   static constexpr uint32_t kStageBytes = (kBM + kBN) * kBK;
   static_assert(kBM == 64 * kConsumers, "one 64-row wgmma per consumer warp group");
-
 };
 
 // TMA descriptor for a [rows, cols] int8 row-major matrix, one box = one stage of `SmemLayout3` (rows, cols, stages);
@@ -178,18 +177,6 @@ CUTLASS_DEVICE void stage_schedule(const GroupedGemmParams& p, SharedStorage& sh
   for (int e = threadIdx.x; e <= p.num_experts; e += blockDim.x) {
     shared.tile_offsets[e] = p.tile_offsets[e];
     shared.expert_offsets[e] = min(max(p.expert_offsets[e], 0), p.rows);
-  }
-}
-
-// Two outputs rounded to OutT, packed into 32 bits (the first in the low half).
-template <typename OutT>
-CUTLASS_DEVICE uint32_t pack_pair(float x, float y) {
-  if constexpr (std::is_same<OutT, __nv_bfloat16>::value) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
-    return *reinterpret_cast<const uint32_t*>(&v);
-  } else {
-    const __half2 v = __floats2half2_rn(x, y);
-    return *reinterpret_cast<const uint32_t*>(&v);
   }
 }
 

@@ -76,8 +76,8 @@ class JitModule:
             flags += list(CUTLASS_NVCC_FLAGS)
         return flags + list(self.extra_nvcc_flags)
 
-    def cxx_flags(self, arch: str = "") -> list[str]:
-        return list(COMMON_CXX_FLAGS) + [self.define] + (self.arch_define(arch) if arch else [])
+    def cxx_flags(self, arch: str) -> list[str]:
+        return list(COMMON_CXX_FLAGS) + [self.define] + self.arch_define(arch)
 
 
 MODULES: dict[str, JitModule] = {
