@@ -388,9 +388,10 @@ CUTLASS_DEVICE void consumer(const KernelParams<kCluster>& kp, SharedStorage& sh
         }
       };
       // One block in flight per warp group: the other warp group's wgmma keep the tensor cores busy during a fold.
-      // (A double-buffered variant, block kb + 1's wgmma issued before folding block kb, made ptxas serialize the
-      // wgmma: C7514, accumulator registers read inside a wgmma pipeline stage. Making the two warp groups issue
-      // their blocks in strict alternation, with named barriers, was 4-5% slower on an H200.)
+      // (Tried on an H200 and dropped: the two warp groups issuing their blocks in strict alternation through named
+      // barriers, 4-5% slower; a double-buffered loop, block kb + 1's wgmma issued into a second fragment before
+      // block kb is folded, in the one shape ptxas took without C7514 (the loop unrolled by two, the last blocks
+      // peeled), 1.8-1.9x slower at Qwen3.6 M=2048 for reasons not found.)
       for (int kb = 0; kb < k_tiles; ++kb) {
         issue(acc);
         int32_t q_after[kRows];

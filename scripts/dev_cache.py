@@ -17,10 +17,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="90a")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / ".jitcache_dev")
+    parser.add_argument("--module", action="append", default=None,
+                        help="only this module (repeatable; default: every module for the arch)")
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     for name, module in MODULES.items():
-        if not module.supports(args.arch):
+        if not module.supports(args.arch) or (args.module and name not in args.module):
             continue
         plan = builder.plan(name, args.arch)
         if not plan.is_built():

@@ -66,6 +66,32 @@ def test_permute_unpermute(m, k, e, topk, dtype, seeded):
             assert rel_error(out, ref) < 1e-2
 
 
+@pytest.mark.parametrize("sort", ["cub", "counting"])
+@pytest.mark.parametrize("m, e, topk", [
+    (40000, 256, 8),   # 320000 slots: counting-sort chunks longer than 1024
+    (3000, 4095, 4),   # 4096 buckets: the counting sort's largest
+    (3000, 4096, 4),   # one more: CUB's radix sort whatever MOEJIT_PERMUTE_SORT says
+    (500, 10000, 6),
+    (2048, 1, 1),      # one expert
+    (3, 256, 8),       # fewer slots than a warp
+])
+def test_permute_sort_paths(sort, m, e, topk, seeded, monkeypatch):
+    """Both sorts behind moe_permute (CUB's radix sort, the default; MOEJIT_PERMUTE_SORT=counting: a counting sort
+    up to 4095 experts) give the reference's stable permutation, offsets and inverse, with dropped slots (-1 and E)
+    and repeated experts in a token's row; a zero-width hidden (the permutation only) gives the same indices."""
+    monkeypatch.setenv("MOEJIT_PERMUTE_SORT", sort)
+    ids = torch.randint(-1, e + 1, (m, topk), generator=seeded).int().cuda()
+    hidden = torch.randn(m, 8, generator=seeded).bfloat16().cuda()
+    want = moe_permute_ref(hidden, ids, e)
+    got = ops.moe_permute(hidden, ids, e)
+    for g, w, name in zip(got, want, ("rows", "offsets", "sort_idx", "inv_idx")):
+        assert torch.equal(g, w), name
+    only = ops.moe_permute(hidden[:, :0].contiguous(), ids.long(), e)
+    assert only[0].shape == (m * topk, 0)
+    for g, w, name in zip(only[1:], want[1:], ("offsets", "sort_idx", "inv_idx")):
+        assert torch.equal(g, w), name
+
+
 def test_permute_hot_expert_and_empty_experts(seeded):
     m, k, e, topk = 300, 256, 64, 2
     ids = torch.randint(0, 3, (m, topk), generator=seeded).int()

@@ -3,7 +3,7 @@
 Pipeline (every step on the device; no host synchronization, so the layer captures into CUDA graphs)::
 
     quantize a [M, K] → e4m3 (static / dynamic per-tensor, or dynamic per-token)
-    permute the fp8 rows by expert (CUB sort; per-token scales follow the rows)
+    permute the fp8 rows by expert (stable sort; per-token scales follow the rows)
     GEMM1  [M·topk, 2N] = rows · w1[e]ᵀ, scaled by a-scale × w1-scale, stored in float32
     SiLU(gate)·up, rounded to the activation dtype, fused with its quantization (per-tensor scales see only the
     valid rows)

@@ -3,7 +3,7 @@ on Hopper) around Triton Q/F quantizers.
 
 Pipeline of :func:`cutlass_moe_int8_hybrid` (nothing synchronizes with the host; CUDA-graph capturable)::
 
-    permute (CUB sort)  ─┬─ rows → int8_hybrid_quant                   (fused_permute_quant=False)
+    permute (sort)      ─┬─ rows → int8_hybrid_quant                   (fused_permute_quant=False)
                          └─ int8_hybrid_permute_quant(hidden, …)        (fused_permute_quant=True: each token
                                                                          row quantized once, written to its slots)
     GEMM1  int8_hybrid_grouped_mm(xq, Q, F, w13_q, w13_scale)  → [rows, 2N] in hidden.dtype
@@ -13,8 +13,8 @@ Pipeline of :func:`cutlass_moe_int8_hybrid` (nothing synchronizes with the host;
     out    moe_unpermute(rows, topk_weights, inv_idx)           weighted reduce, float32 accumulate
 
 The fused permute path needs only the permutation, not the permuted rows: it calls the common module's
-``moe_permute`` with a zero-width ``[M, 0]`` hidden tensor, which runs the same CUB radix sort, expert offsets and
-inverse map and copies zero bytes per row (so nothing is asked of the common module, and the sort is identical to
+``moe_permute`` with a zero-width ``[M, 0]`` hidden tensor, which runs the same sort, expert offsets and
+inverse map and copies no rows (so nothing is asked of the common module, and the sort is identical to
 the unfused path's).
 
 Super groups: the layer passes the *effective* super group ``S_eff = min(super_group_size, safe)`` (see
