@@ -20,13 +20,19 @@
 namespace moejit {
 namespace {
 
+// The sort key of slot i: its expert, or E for a dropped slot (an id outside [0, E)), which sorts last.
+template <typename IdT>
+__device__ __forceinline__ int32_t slot_key(const IdT* __restrict__ topk_ids, int64_t i, int32_t num_experts) {
+  const int64_t e = static_cast<int64_t>(topk_ids[i]);
+  return (e >= 0 && e < num_experts) ? static_cast<int32_t>(e) : num_experts;
+}
+
 template <typename IdT>
 __global__ void make_sort_keys_kernel(const IdT* __restrict__ topk_ids, int32_t* __restrict__ keys,
                                       int32_t* __restrict__ values, int64_t n, int32_t num_experts) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t e = static_cast<int64_t>(topk_ids[i]);
-    keys[i] = (e >= 0 && e < num_experts) ? static_cast<int32_t>(e) : num_experts;
+    keys[i] = slot_key(topk_ids, i, num_experts);
     values[i] = static_cast<int32_t>(i);
   }
 }
@@ -34,8 +40,7 @@ __global__ void make_sort_keys_kernel(const IdT* __restrict__ topk_ids, int32_t*
 // The counting sort (opt-in, MOEJIT_PERMUTE_SORT=counting; see use_counting_sort): keys are experts, E + 1 buckets
 // (bucket E holds the dropped slots, so they sort last), and the flat indices are cut into chunks of `chunk`. Three
 // launches replace CUB's radix sort and the kernels around it (at Qwen3.6-35B-A3B M=8192, 65536 slots over 257
-// buckets, the zero-width moe_permute took 74 µs of an H200 with CUB and 20 µs with these, timed only; their GPU
-// tests have not run yet):
+// buckets, the zero-width moe_permute took 74 µs of an H200 with CUB and 20 µs with these; docs/int8.md):
 //   1. chunk_count_kernel:   counts[c][b], the slots of chunk c in bucket b;
 //   2. chunk_scan_kernel:    one block turns counts into the first sorted position of each (chunk, bucket) and
 //                            writes the expert offsets (the exclusive scan of the bucket totals);
@@ -44,12 +49,6 @@ __global__ void make_sort_keys_kernel(const IdT* __restrict__ topk_ids, int32_t*
 constexpr int kMaxSortBuckets = 4096;  // E + 1 up to this: counting sort (the scan block holds 4 buckets a thread)
 constexpr int kScanThreads = 1024;
 constexpr int kMaxSortChunk = 8192;    // chunk + buckets ints of shared memory in the scatter: at most 48 KiB
-
-template <typename IdT>
-__device__ __forceinline__ int32_t slot_key(const IdT* __restrict__ topk_ids, int64_t i, int32_t num_experts) {
-  const int64_t e = static_cast<int64_t>(topk_ids[i]);
-  return (e >= 0 && e < num_experts) ? static_cast<int32_t>(e) : num_experts;
-}
 
 template <typename IdT>
 __global__ void chunk_count_kernel(const IdT* __restrict__ topk_ids, int32_t* __restrict__ counts, int64_t n,
@@ -296,8 +295,8 @@ void expand(const at::Tensor& hidden, at::Tensor& rows, const int32_t* keys, con
 
 // Sorted positions of the n = M * topk slots by expert (stable), their inverse and the expert offsets.
 template <typename IdT>
-void counting_sort_ids(const IdT* ids, int64_t n, int32_t num_experts, const at::TensorOptions& i32,
-                       int32_t* sort_idx, int32_t* inv_idx, int32_t* offsets, cudaStream_t stream) {
+void counting_sort(const IdT* ids, int64_t n, int32_t num_experts, const at::TensorOptions& i32, int32_t* sort_idx,
+                   int32_t* inv_idx, int32_t* offsets, cudaStream_t stream) {
   const int32_t buckets = num_experts + 1;
   // 1024-slot chunks up to 256 of them, longer chunks past that (the scan walks every chunk of a bucket)
   const int64_t chunk64 =
@@ -316,13 +315,11 @@ void counting_sort_ids(const IdT* ids, int64_t n, int32_t num_experts, const at:
   MOEJIT_CUDA_LAUNCH_CHECK();
 }
 
-void counting_sort(const at::Tensor& topk_ids, int64_t n, int32_t num_experts, const at::TensorOptions& i32,
-                   int32_t* sort_idx, int32_t* inv_idx, int32_t* offsets, cudaStream_t stream) {
-  if (topk_ids.scalar_type() == at::kInt) {
-    counting_sort_ids(topk_ids.data_ptr<int32_t>(), n, num_experts, i32, sort_idx, inv_idx, offsets, stream);
-  } else {
-    counting_sort_ids(topk_ids.data_ptr<int64_t>(), n, num_experts, i32, sort_idx, inv_idx, offsets, stream);
-  }
+// fn(ids) with topk_ids' data as const int32_t* or const int64_t* (the two id types moe_permute takes).
+template <typename Fn>
+void with_ids(const at::Tensor& topk_ids, Fn&& fn) {
+  if (topk_ids.scalar_type() == at::kInt) fn(topk_ids.data_ptr<int32_t>());
+  else fn(topk_ids.data_ptr<int64_t>());
 }
 
 // MOEJIT_PERMUTE_SORT=counting (read on every call) selects the counting sort, for E + 1 <= kMaxSortBuckets;
@@ -367,23 +364,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_permute(const at:
   const auto t = static_cast<int32_t>(topk);
   const auto e = static_cast<int32_t>(num_experts);
   if (use_counting_sort(num_experts)) {
-    counting_sort(topk_ids, n, e, i32, sort_idx.data_ptr<int32_t>(), inv_idx.data_ptr<int32_t>(),
-                  offsets.data_ptr<int32_t>(), stream);
+    with_ids(topk_ids, [&](const auto* ids) {
+      counting_sort(ids, n, e, i32, sort_idx.data_ptr<int32_t>(), inv_idx.data_ptr<int32_t>(),
+                    offsets.data_ptr<int32_t>(), stream);
+    });
     // K = 0 (the permutation only): no copy kernel
     if (k > 0) expand<false>(hidden, rows, nullptr, sort_idx.data_ptr<int32_t>(), nullptr, n, t, e, stream);
   } else {
     at::Tensor keys_in = at::empty({n}, i32), keys_out = at::empty({n}, i32), values_in = at::empty({n}, i32);
     const int threads = 256;
     const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(n, threads), 4096));
-    if (topk_ids.scalar_type() == at::kInt) {
-      make_sort_keys_kernel<int32_t><<<blocks, threads, 0, stream>>>(
-          topk_ids.data_ptr<int32_t>(), keys_in.data_ptr<int32_t>(), values_in.data_ptr<int32_t>(), n,
-          static_cast<int32_t>(num_experts));
-    } else {
-      make_sort_keys_kernel<int64_t><<<blocks, threads, 0, stream>>>(
-          topk_ids.data_ptr<int64_t>(), keys_in.data_ptr<int32_t>(), values_in.data_ptr<int32_t>(), n,
-          static_cast<int32_t>(num_experts));
-    }
+    with_ids(topk_ids, [&](const auto* ids) {
+      make_sort_keys_kernel<<<blocks, threads, 0, stream>>>(ids, keys_in.data_ptr<int32_t>(),
+                                                            values_in.data_ptr<int32_t>(), n, e);
+    });
     MOEJIT_CUDA_LAUNCH_CHECK();
 
     const int end_bit = end_bit_for(num_experts);
