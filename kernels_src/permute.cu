@@ -1,5 +1,6 @@
-// MoE token routing: expert-sorted permutation (CUB radix sort; or, with MOEJIT_PERMUTE_SORT=counting, a stable
-// counting sort), row expansion, weighted unpermute, and the per-expert problem sizes that grouped GEMMs read.
+// MoE token routing: expert-sorted permutation (a stable counting sort up to 4095 experts; CUB's radix sort past
+// that or with MOEJIT_PERMUTE_SORT=cub), row expansion, weighted unpermute, and the per-expert problem sizes that
+// grouped GEMMs read.
 // Everything stays on the device; nothing syncs with the host.
 //
 // Conventions (flat index i = m * topk + j):
@@ -37,7 +38,7 @@ __global__ void make_sort_keys_kernel(const IdT* __restrict__ topk_ids, int32_t*
   }
 }
 
-// The counting sort (opt-in, MOEJIT_PERMUTE_SORT=counting; see use_counting_sort): keys are experts, E + 1 buckets
+// The counting sort (the default up to 4095 experts; see use_counting_sort): keys are experts, E + 1 buckets
 // (bucket E holds the dropped slots, so they sort last), and the flat indices are cut into chunks of `chunk`. Three
 // launches replace CUB's radix sort and the kernels around it (at Qwen3.6-35B-A3B M=8192, 65536 slots over 257
 // buckets, the zero-width moe_permute took 74 µs of an H200 with CUB and 20 µs with these; docs/int8.md):
@@ -322,11 +323,12 @@ void with_ids(const at::Tensor& topk_ids, Fn&& fn) {
   else fn(topk_ids.data_ptr<int64_t>());
 }
 
-// MOEJIT_PERMUTE_SORT=counting (read on every call) selects the counting sort, for E + 1 <= kMaxSortBuckets;
-// unset or "cub": CUB's radix sort, the GPU-tested default until the counting sort has run its GPU tests.
+// The counting sort for E + 1 <= kMaxSortBuckets, CUB's radix sort past that. MOEJIT_PERMUTE_SORT=cub (read on
+// every call) forces CUB's sort, for comparison and tests.
 bool use_counting_sort(int64_t num_experts) {
   const char* env = std::getenv("MOEJIT_PERMUTE_SORT");
-  return env != nullptr && std::strcmp(env, "counting") == 0 && num_experts + 1 <= kMaxSortBuckets;
+  const bool force_cub = env != nullptr && std::strcmp(env, "cub") == 0;
+  return !force_cub && num_experts + 1 <= kMaxSortBuckets;
 }
 
 }  // namespace

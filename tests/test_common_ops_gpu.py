@@ -71,13 +71,14 @@ def test_permute_unpermute(m, k, e, topk, dtype, seeded):
     (40000, 256, 8),   # 320000 slots: counting-sort chunks longer than 1024
     (3000, 4095, 4),   # 4096 buckets: the counting sort's largest
     (3000, 4096, 4),   # one more: CUB's radix sort whatever MOEJIT_PERMUTE_SORT says
+    (270000, 64, 8),   # 2.16M slots: the counting sort's chunk length at its 8192 bound (264 chunks)
     (500, 10000, 6),
     (2048, 1, 1),      # one expert
     (3, 256, 8),       # fewer slots than a warp
 ])
 def test_permute_sort_paths(sort, m, e, topk, seeded, monkeypatch):
-    """Both sorts behind moe_permute (CUB's radix sort, the default; MOEJIT_PERMUTE_SORT=counting: a counting sort
-    up to 4095 experts) give the reference's stable permutation, offsets and inverse, with dropped slots (-1 and E)
+    """Both sorts behind moe_permute (the counting sort, the default up to 4095 experts; MOEJIT_PERMUTE_SORT=cub:
+    CUB's radix sort) give the reference's stable permutation, offsets and inverse, with dropped slots (-1 and E)
     and repeated experts in a token's row; a zero-width hidden (the permutation only) gives the same indices."""
     monkeypatch.setenv("MOEJIT_PERMUTE_SORT", sort)
     ids = torch.randint(-1, e + 1, (m, topk), generator=seeded).int().cuda()

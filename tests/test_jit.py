@@ -72,6 +72,30 @@ def test_key_is_stable_and_content_addressed(src_copy):
     assert jit.plan("common", "90a").key not in (first.key, changed.key)
 
 
+def test_key_covers_only_the_headers_a_module_includes(src_copy):
+    common, fp8, int8 = (jit.plan(m, "90a").key for m in ("common", "sm90_fp8", "sm80_int8"))
+    # A header that only the INT8 module includes (through int8_grouped_gemm_sm90.cuh's own includes too).
+    header = src_copy / "int8_grouped_gemm_sm90.cuh"
+    header.write_bytes(header.read_bytes() + b"\n")
+    assert jit.plan("sm80_int8", "90a").key != int8
+    assert jit.plan("common", "90a").key == common
+    assert jit.plan("sm90_fp8", "90a").key == fp8
+    # A header included only by another header (int8_grouped_gemm_sm90.cuh includes int8_gemm_store.cuh).
+    int8 = jit.plan("sm80_int8", "90a").key
+    nested = src_copy / "int8_gemm_store.cuh"
+    nested.write_bytes(nested.read_bytes() + b"\n")
+    assert jit.plan("sm80_int8", "90a").key != int8
+    # A header every module includes.
+    shared = src_copy / "ops.h"
+    shared.write_bytes(shared.read_bytes() + b"\n")
+    assert jit.plan("common", "90a").key != common
+    assert jit.plan("sm90_fp8", "90a").key != fp8
+    # A stray header nobody includes changes nothing.
+    common = jit.plan("common", "90a").key
+    (src_copy / "scratch.cuh").write_text("#pragma once\n")
+    assert jit.plan("common", "90a").key == common
+
+
 def test_mtime_alone_does_not_change_key(src_copy):
     first = jit.plan("common", "90a").key
     path = src_copy / "permute.cu"

@@ -40,6 +40,7 @@ _loaded: dict[str, Path] = {}
 _loaded_arch: str | None = None
 _load_lock = threading.Lock()
 _tree_hash_cache: dict[str, str] = {}
+_LOCAL_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
 
 
 def _log(message: str) -> None:
@@ -56,6 +57,36 @@ def _hash_tree(root: Path, suffixes: tuple[str, ...]) -> str:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         _tree_hash_cache[memo_key] = digest.hexdigest()
     return _tree_hash_cache[memo_key]
+
+
+def _local_headers(src: Path, sources: list[Path]) -> list[Path]:
+    """The headers under ``src`` that ``sources`` include with ``#include "..."``, transitively: each name is
+    resolved beside the including file, then in ``src`` (the build's include folder); names found in neither
+    (CUTLASS's, CUDA's) are left to the other parts of the key."""
+    root = src.resolve()
+    found: set[Path] = set()
+    pending = [p.resolve() for p in sources]
+    while pending:
+        path = pending.pop()
+        for raw in _LOCAL_INCLUDE.findall(path.read_bytes()):
+            name = raw.decode()
+            for candidate in (path.parent / name, root / name):
+                candidate = candidate.resolve()
+                if candidate.is_file() and candidate.is_relative_to(root):
+                    if candidate not in found:
+                        found.add(candidate)
+                        pending.append(candidate)
+                    break
+    return sorted(found)
+
+
+def _hash_files(root: Path, files: list[Path]) -> str:
+    """SHA-256 over (path relative to ``root``, bytes) of ``files``."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root.resolve())).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def torch_versions() -> dict[str, str]:
@@ -114,7 +145,8 @@ def plan(module_name: str, arch: str) -> BuildPlan:
         "arch": arch,
         "sources": [str(p) for p in sources],
         "sources_hash": digest.hexdigest(),
-        "headers_hash": _hash_tree(src, _HEADER_SUFFIXES),
+        # only the headers this module's sources include: editing one kernel family's header rebuilds that module
+        "headers_hash": _hash_files(src, _local_headers(src, sources)),
         "nvcc_flags": module.nvcc_flags(arch, gencode_flags(arch)),
         "cxx_flags": module.cxx_flags(arch),
         **torch_versions(),
