@@ -11,8 +11,11 @@
 // Layout of a CTA (384 threads, one per SM, persistent): warp group 0 is the producer (one thread issues the TMA
 // loads of A and B into a kStages-deep ring of shared-memory stages, guarded by "full" and "empty" mbarriers);
 // warp groups 1 and 2 are the consumers, each owning 64 rows of the 128 x 128 output tile. A consumer waits for a
-// stage, issues the stage's four m64n128k32 wgmma, and (hybrid) waits for them and folds the block's int32 result
-// into its super-group sum with the row's Q while the other warp group's wgmma run on the tensor cores.
+// stage and issues the stage's four m64n128k32 wgmma (per-tensor: accumulating, one stage in flight). The hybrid
+// issues the block as two chains of four m64n64k32 wgmma, one per 64-column half, waits for the first and folds its
+// int32 result into the super-group sum with the row's Q while the second runs, then folds the second; the other
+// warp group's wgmma keep the tensor cores busy meanwhile. An expert's last tile with at most 64 rows loads only the
+// first 64 rows of A, and the second consumer warp group skips it (MOEJIT_INT8_SM90_HALF_TILES=0: full tiles).
 //
 // Grouping: A is the [rows, K] int8 matrix of all experts' rows (rows grouped by expert) and B the [E * N, K] view
 // of the weights, both loaded by 2-D TMA with 128-byte swizzle. A tile of expert e starts at row
@@ -65,9 +68,19 @@ struct Config {
   static constexpr int kConsumerRegs = 232;
   using SmemAtom = GMMA::Layout_K_SW128_Atom<int8_t>;  // 8 rows x 128 bytes, the TMA box's 128-byte swizzle
   using SmemLayoutA = decltype(tile_to_shape(SmemAtom{}, make_shape(Int<kBM>{}, Int<kBK>{}, Int<kStages>{})));
+  // The same bytes as 64-row halves (half h of stage s at index 2 s + h): the producer loads A one 64-row box at a
+  // time, so a tile whose rows all lie in its first half loads only that half.
+  using SmemLayoutAHalves =
+      decltype(tile_to_shape(SmemAtom{}, make_shape(Int<kBM / 2>{}, Int<kBK>{}, Int<2 * kStages>{})));
   using SmemLayoutB = decltype(tile_to_shape(SmemAtom{}, make_shape(Int<kBN>{}, Int<kBK>{}, Int<kStages>{})));
+  // B as 64-column halves (half h of stage s at index 2 s + h), for the hybrid's two wgmma chains per block.
+  using SmemLayoutBHalves =
+      decltype(tile_to_shape(SmemAtom{}, make_shape(Int<kBN / 2>{}, Int<kBK>{}, Int<2 * kStages>{})));
   using TiledMma = decltype(make_tiled_mma(SM90_64x128x32_S32S8S8_SS_TN{}, Layout<Shape<Int<kConsumers>, _1, _1>>{}));
+  using TiledMmaHalf =
+      decltype(make_tiled_mma(SM90_64x64x32_S32S8S8_SS_TN{}, Layout<Shape<Int<kConsumers>, _1, _1>>{}));
   static constexpr uint32_t kStageBytes = (kBM + kBN) * kBK;
+  static constexpr uint32_t kHalfABytes = kBM / 2 * kBK;  // one 64-row half of the A box
   static_assert(kBM == 64 * kConsumers, "one 64-row wgmma per consumer warp group");
 };
 
@@ -82,8 +95,8 @@ auto make_tma(const int8_t* ptr, int rows, int cols) {
     return make_tma_copy(SM90_TMA_LOAD{}, g, SmemLayout3{}(_, _, 0));
   }
 }
-using TmaA = decltype(make_tma<Config::SmemLayoutA>(nullptr, 1, 16));
-using TmaAMulticast = decltype(make_tma<Config::SmemLayoutA, true>(nullptr, 1, 16));
+using TmaA = decltype(make_tma<Config::SmemLayoutAHalves>(nullptr, 1, 16));
+using TmaAMulticast = decltype(make_tma<Config::SmemLayoutAHalves, true>(nullptr, 1, 16));
 using TmaB = decltype(make_tma<Config::SmemLayoutB>(nullptr, 1, 16));
 
 // Experts whose schedule is copied to shared memory at the start (more: read from global memory). The host sends
@@ -116,7 +129,13 @@ struct KernelParams {
   std::conditional_t<kCluster == 2, TmaAMulticast, TmaA> tma_a;
   TmaB tma_b;
   GroupedGemmParams p;
+  // Tiles with at most 64 rows (an expert's last tile): the producer loads only the A box's first half and the
+  // second consumer warp group, whose rows all lie past the expert, skips the tile's wgmma and epilogue.
+  bool half_tiles;
 };
+
+// A tile's second 64 rows lie past its expert: see KernelParams::half_tiles.
+CUTLASS_DEVICE bool upper_half_empty(bool half_tiles, int m_e, int row0) { return half_tiles && m_e - row0 <= 64; }
 
 // The tiles a CTA visits: tile = first + i * stride with kCluster == 1; pairs with kCluster == 2.
 template <int kCluster>
@@ -189,7 +208,7 @@ CUTLASS_DEVICE void producer(const KernelParams<kCluster>& kp, SharedStorage& sh
                                                          : p.tile_offsets[p.num_experts];
   Tensor mA = kp.tma_a.get_tma_tensor(make_shape(p.rows, p.k));
   Tensor mB = kp.tma_b.get_tma_tensor(make_shape(p.num_experts * p.n, p.k));
-  Tensor sA = make_tensor(make_smem_ptr(shared.a), Config::SmemLayoutA{});
+  Tensor sA = make_tensor(make_smem_ptr(shared.a), Config::SmemLayoutAHalves{});  // (64, BK, 2 * stages)
   Tensor sB = make_tensor(make_smem_ptr(shared.b), Config::SmemLayoutB{});
   int stage = 0;
   uint32_t phase = 1;  // a fresh "empty" barrier counts as consumed
@@ -198,8 +217,9 @@ CUTLASS_DEVICE void producer(const KernelParams<kCluster>& kp, SharedStorage& sh
   const int rank = kCluster == 2 ? static_cast<int>(cute::block_rank_in_cluster()) : 0;
   for (int tile = seq.first; tile < total_tiles; tile += seq.stride) {
     const TileCoord t = walker.locate(tile);
+    const bool one_half = upper_half_empty(kp.half_tiles, t.m_e, t.row0);
     Tensor gA = local_tile(domain_offset(make_coord(t.row_begin + t.row0, 0), mA),
-                           Shape<Int<Config::kBM>, Int<Config::kBK>>{}, make_coord(0, _));  // (BM, BK, k)
+                           Shape<Int<Config::kBM / 2>, Int<Config::kBK>>{}, make_coord(_, _));  // (64, BK, 2.., k)
     Tensor gB = local_tile(domain_offset(make_coord(t.expert * p.n + t.col0, 0), mB),
                            Shape<Int<Config::kBN>, Int<Config::kBK>>{}, make_coord(0, _));  // (BN, BK, k)
     auto [tAgA, tAsA] = tma_partition(kp.tma_a, rank, Layout<Int<kCluster>>{}, group_modes<0, 2>(sA),
@@ -207,11 +227,14 @@ CUTLASS_DEVICE void producer(const KernelParams<kCluster>& kp, SharedStorage& sh
     auto [tBgB, tBsB] = tma_partition(kp.tma_b, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sB), group_modes<0, 2>(gB));
     for (int kb = 0; kb < k_tiles; ++kb) {
       cutlass::arch::ClusterBarrier::wait(&shared.empty[stage], phase);
-      cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&shared.full[stage], Config::kStageBytes);
-      if constexpr (kCluster == 2) {
-        copy(kp.tma_a.with(shared.full[stage], uint16_t{0b11}), tAgA(_, kb), tAsA(_, stage));
-      } else {
-        copy(kp.tma_a.with(shared.full[stage]), tAgA(_, kb), tAsA(_, stage));
+      cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(
+          &shared.full[stage], one_half ? Config::kStageBytes - Config::kHalfABytes : Config::kStageBytes);
+      for (int h = 0; h < (one_half ? 1 : 2); ++h) {
+        if constexpr (kCluster == 2) {
+          copy(kp.tma_a.with(shared.full[stage], uint16_t{0b11}), tAgA(_, h, kb), tAsA(_, 2 * stage + h));
+        } else {
+          copy(kp.tma_a.with(shared.full[stage]), tAgA(_, h, kb), tAsA(_, 2 * stage + h));
+        }
       }
       copy(kp.tma_b.with(shared.full[stage]), tBgB(_, kb), tBsB(_, stage));
       if (++stage == Config::kStages) {
@@ -270,6 +293,19 @@ CUTLASS_DEVICE void consumer(const KernelParams<kCluster>& kp, SharedStorage& sh
   };
   for (int tile = seq.first; tile < total_tiles; tile += seq.stride) {
     const TileCoord t = walker.locate(tile);
+    if (wg == 1 && upper_half_empty(kp.half_tiles, t.m_e, t.row0)) {
+      // No rows here: wait for each stage (so this warp group's arrivals stay in step with the stage's uses) and
+      // hand it back; no wgmma, no epilogue.
+      for (int kb = 0; kb < k_tiles; ++kb) {
+        cutlass::arch::ClusterBarrier::wait(&shared.full[stage], phase);
+        free_stage(stage);
+        if (++stage == Config::kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+      continue;
+    }
     int grow[kRows];  // global row of each row slot, or -1 past the expert's rows
     CUTLASS_PRAGMA_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -327,27 +363,33 @@ CUTLASS_DEVICE void consumer(const KernelParams<kCluster>& kp, SharedStorage& sh
                        ? __ldg(p.a_q + static_cast<int64_t>(grow[r]) * p.num_blocks + block) : 0;
         }
       };
-      // Waits for the next stage and issues its four wgmma into `frag` (a fresh int32 block result).
-      auto issue = [&](auto& frag) {
-        cutlass::arch::ClusterBarrier::wait(&shared.full[stage], phase);
+      // The block's 64 x 128 product per warp group as two 64 x 64 wgmma chains (the halves of B), so that half 1
+      // still runs while the warp group folds half 0; frag_h(i) is sg(32 h + i) (the same row, column + 64 h).
+      // Tried on an H200 and dropped: the two warp groups issuing their blocks in strict alternation through named
+      // barriers (4-5% slower); the second warp group starting each tile 300 or 600 cycles late (no change); a
+      // double-buffered loop, block kb + 1's wgmma issued into a second 64 x 128 fragment before block kb is
+      // folded (1.8-1.9x slower at Qwen3.6 M=2048); half 1 folded while half 0 of block kb + 1 runs (ptxas C7514:
+      // the wgmma serialized). Not understood (docs/int8_gemm.md): two builds that changed only where Q comes from
+      // (Q loaded per block parity, with no register copies; Q replaced by constants) hung in every H200 run, in
+      // clusters of two, while a build without the Q loads and the multiply ran 4-9% faster than this loop.
+      Tensor sBh = make_tensor(make_smem_ptr(shared.b), Config::SmemLayoutBHalves{});
+      typename Config::TiledMmaHalf mma_h;
+      auto thr_h = mma_h.get_thread_slice(consumer_tid);
+      Tensor hCrA = thr_h.make_fragment_A(thr_h.partition_A(sA));   // (MMA, MMA_M, MMA_K, stages)
+      Tensor hCrB = thr_h.make_fragment_B(thr_h.partition_B(sBh));  // (MMA, MMA_N, MMA_K, 2 * stages)
+      Tensor frag0 = partition_fragment_C(mma_h, Shape<Int<Config::kBM>, Int<Config::kBN / 2>>{});
+      Tensor frag1 = partition_fragment_C(mma_h, Shape<Int<Config::kBM>, Int<Config::kBN / 2>>{});
+      static_assert(size(decltype(frag0){}) == 32, "64 x 64 per warp group over 128 threads");
+      auto issue_half = [&](auto& frag, int h, int s) {
         warpgroup_fence_operand(frag);
         warpgroup_arrive();
-        mma.accumulate_ = GMMA::ScaleOut::Zero;
+        mma_h.accumulate_ = GMMA::ScaleOut::Zero;
         CUTLASS_PRAGMA_UNROLL
-        for (int kk = 0; kk < size<2>(tCrA); ++kk) {
-          cute::gemm(mma, tCrA(_, _, kk, stage), tCrB(_, _, kk, stage), frag);
-          mma.accumulate_ = GMMA::ScaleOut::One;
+        for (int kk = 0; kk < size<2>(hCrA); ++kk) {
+          cute::gemm(mma_h, hCrA(_, _, kk, s), hCrB(_, _, kk, 2 * s + h), frag);
+          mma_h.accumulate_ = GMMA::ScaleOut::One;
         }
         warpgroup_commit_batch();
-        if (++stage == Config::kStages) {
-          stage = 0;
-          phase ^= 1;
-        }
-      };
-      int release_stage = stage;
-      auto release = [&]() {
-        free_stage(release_stage);
-        if (++release_stage == Config::kStages) release_stage = 0;
       };
       int32_t q_cur[kRows], q_next[kRows];
       float f_cur[kRows];
@@ -358,9 +400,21 @@ CUTLASS_DEVICE void consumer(const KernelParams<kCluster>& kp, SharedStorage& sh
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < size(acc); ++i) acc_f[i] = 0.0f;
       }
-      // Folds block kb (its wgmma complete, in `frag`) into the super-group sum, and a finished group into acc_f;
-      // q_after holds block kb + 2's Q.
-      auto fold = [&](auto& frag, int kb, const int32_t (&q_after)[kRows]) {
+      auto fold_half = [&](auto& frag, int h) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < size(frag); ++i) sg(32 * h + i) += q_cur[row_slot(i)] * frag(i);
+      };
+      for (int kb = 0; kb < k_tiles; ++kb) {
+        const int cur = stage;
+        cutlass::arch::ClusterBarrier::wait(&shared.full[cur], phase);
+        if (++stage == Config::kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+        issue_half(frag0, 0, cur);
+        issue_half(frag1, 1, cur);
+        int32_t q_after[kRows];
+        load_q(q_after, kb + 2);  // two blocks ahead, issued while the wgmma run
         if constexpr (kMultiGroup) {
           if (kb % p.super_group == 0) {
             CUTLASS_PRAGMA_UNROLL
@@ -370,8 +424,13 @@ CUTLASS_DEVICE void consumer(const KernelParams<kCluster>& kp, SharedStorage& sh
             }
           }
         }
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < size(frag); ++i) sg(i) += q_cur[row_slot(i)] * frag(i);
+        warpgroup_wait<1>();  // half 0 is done, half 1 may run on
+        warpgroup_fence_operand(frag0);
+        fold_half(frag0, 0);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(frag1);
+        free_stage(cur);
+        fold_half(frag1, 1);
         CUTLASS_PRAGMA_UNROLL
         for (int r = 0; r < kRows; ++r) {
           q_cur[r] = q_next[r];
@@ -380,26 +439,12 @@ CUTLASS_DEVICE void consumer(const KernelParams<kCluster>& kp, SharedStorage& sh
         if constexpr (kMultiGroup) {
           if ((kb + 1) % p.super_group == 0 || kb + 1 == k_tiles) {
             CUTLASS_PRAGMA_UNROLL
-            for (int i = 0; i < size(frag); ++i) {
+            for (int i = 0; i < size(sg); ++i) {
               acc_f[i] += f_cur[row_slot(i)] * static_cast<float>(sg(i));
               sg(i) = 0;
             }
           }
         }
-      };
-      // One block in flight per warp group: the other warp group's wgmma keep the tensor cores busy during a fold.
-      // (Tried on an H200 and dropped: the two warp groups issuing their blocks in strict alternation through named
-      // barriers, 4-5% slower; a double-buffered loop, block kb + 1's wgmma issued into a second fragment before
-      // block kb is folded, in the one shape ptxas took without C7514 (the loop unrolled by two, the last blocks
-      // peeled), 1.8-1.9x slower at Qwen3.6 M=2048 for reasons not found.)
-      for (int kb = 0; kb < k_tiles; ++kb) {
-        issue(acc);
-        int32_t q_after[kRows];
-        load_q(q_after, kb + 2);  // two blocks ahead, issued while the wgmma run
-        warpgroup_wait<0>();
-        warpgroup_fence_operand(acc);
-        release();
-        fold(acc, kb, q_after);
       }
     }
 
@@ -474,6 +519,7 @@ __global__ void __launch_bounds__(Config::kThreads, 1)
   }
   stage_schedule(kp.p, shared);
   if constexpr (kCluster == 2) {
+    __syncwarp();  // converged at the .aligned cluster barrier
     cute::cluster_arrive_relaxed();  // the peer's barriers are initialized before anything reaches them
     cute::cluster_wait();
   } else {
@@ -491,8 +537,11 @@ __global__ void __launch_bounds__(Config::kThreads, 1)
     consumer<kCluster, kHybrid, kMultiGroup, OutT>(kp, shared, static_cast<int>(threadIdx.x) - 128);
   }
   if constexpr (kCluster == 2) {
-    // Neither CTA leaves while the peer may still arrive on its barriers.
-    cute::cluster_arrive_relaxed();
+    // Neither CTA leaves while the peer may still arrive on its barriers. The cluster barrier is .aligned: every
+    // warp must reach it converged, warp 0 included, whose thread 0 alone ran the producer (__syncwarp holds the
+    // other 31 until it is done); and it releases, so this CTA's remote arrivals land before the peer may exit.
+    __syncwarp();
+    cute::cluster_arrive();
     cute::cluster_wait();
   }
 #endif
@@ -535,9 +584,12 @@ void launch(const GroupedGemmParams& params, cudaStream_t stream) {
       resident_clusters[device] = std::max(clusters, 1);
     }
   }
+  // MOEJIT_INT8_SM90_HALF_TILES=0 turns the half tiles off (a benchmarking override, read on every call).
+  const char* half_env = std::getenv("MOEJIT_INT8_SM90_HALF_TILES");
+  const bool half_tiles = !(half_env != nullptr && half_env[0] == '0' && half_env[1] == '\0');
   KernelParams<kCluster> kp{
-      make_tma<Config::SmemLayoutA, kCluster == 2>(params.a, params.rows, params.k),
-      make_tma<Config::SmemLayoutB>(params.b, params.num_experts * params.n, params.k), params};
+      make_tma<Config::SmemLayoutAHalves, kCluster == 2>(params.a, params.rows, params.k),
+      make_tma<Config::SmemLayoutB>(params.b, params.num_experts * params.n, params.k), params, half_tiles};
   const int wanted = (params.max_tiles + kCluster - 1) / kCluster;
   config.gridDim = dim3(kCluster * std::max(1, std::min(wanted, resident_clusters[device])));
   cudaLaunchKernelEx(&config, kernel, kp);

@@ -254,6 +254,36 @@ def test_forced_tile(tile_m, dist, k, n, super_group, monkeypatch, seeded, int8_
 
 
 @gpu
+@pytest.mark.parametrize("hybrid", [False, True])
+@pytest.mark.parametrize("n", [512, 200])
+def test_sm90_half_tiles(hybrid, n, int8_kernel, monkeypatch, seeded):
+    """The SM90 kernels' half tiles (an expert's last tile with at most 64 rows loads 64 rows of A, and the second
+    consumer warp group skips it): the reference's values, and the same bits as with full tiles only
+    (MOEJIT_INT8_SM90_HALF_TILES=0); remainders of 1, 63, 64, 65, 127 and 128 rows, in clusters and single CTAs."""
+    if not int8_kernel.startswith("sm90"):
+        pytest.skip("an SM90 kernel switch")
+    counts = [1, 64, 65, 127, 128, 129, 191, 192, 193, 0, 320, 63, 256 + 64, 5]
+    e, k = len(counts), 2048
+    offsets = offsets_from_counts(counts)
+    rows = int(offsets[-1])
+    off = offsets.to(DEV)
+    a, a_q, a_f, b, b_scale = make_hybrid_inputs(rows, e, n, k, 16, 65, seeded)
+    a_scale = (0.5 + torch.rand(rows, generator=seeded)).to(DEV) / 127.0
+
+    def run():
+        if hybrid:
+            return int8_ops.int8_hybrid_grouped_mm(a, a_q, a_f, b, b_scale, off, 128, 65, 16, torch.bfloat16)
+        return int8_ops.int8_grouped_mm(a, a_scale, b, b_scale, off, torch.bfloat16)
+
+    half = run()
+    ref = (ref_hybrid(a, a_q, a_f, b, b_scale, offsets, 128, 65) if hybrid
+           else ref_per_tensor(a, a_scale, b, b_scale, offsets))
+    assert_close(half, ref, torch.bfloat16, rows)
+    monkeypatch.setenv("MOEJIT_INT8_SM90_HALF_TILES", "0")
+    assert torch.equal(run(), half)
+
+
+@gpu
 @pytest.mark.parametrize("k,n", [(4096, 14336), (7168, 1024)])
 def test_large_n_and_k(k, n, seeded):
     """Mixtral-like GEMM1 (N = 14336) and DeepSeek-like K = 7168, both GEMMs, one dtype."""

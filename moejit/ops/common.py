@@ -75,9 +75,9 @@ def moe_permute(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts: int):
     Returns:
         ``(rows [M*topk, K], expert_offsets int32 [E+1], sort_idx int32 [M*topk], inv_idx int32 [M*topk])``:
         ``rows[p] = hidden[sort_idx[p] // topk]``; expert e owns rows ``expert_offsets[e]:expert_offsets[e+1]``;
-        ``inv_idx[m*topk+j]`` is the row of slot (m, j), or -1 if dropped. The sort is stable (CUB radix sort; with
-        ``MOEJIT_PERMUTE_SORT=counting`` a counting sort over the experts, up to 4095 experts), so within an expert
-        rows keep token order. Nothing synchronizes with the host.
+        ``inv_idx[m*topk+j]`` is the row of slot (m, j), or -1 if dropped. The sort is stable (a counting sort
+        over the experts up to 4095 experts, CUB's radix sort past that or with ``MOEJIT_PERMUTE_SORT=cub``), so
+        within an expert rows keep token order. Nothing synchronizes with the host.
     """
     check_tensor("hidden", hidden, ndim=2, contiguous=True)
     check_tensor("topk_ids", topk_ids, dtypes=_ID_TYPES, ndim=2, contiguous=True)
