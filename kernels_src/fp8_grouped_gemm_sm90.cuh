@@ -17,7 +17,7 @@
 // a per-group pointer and have a *runtime* stride (bool: vector or scalar), so the four scale combinations share
 // one kernel per tile configuration. For decode sizes the problem is swapped (D' = B[e] · A_eᵀ, [N, rows_e],
 // stored column-major, i.e. straight into the row-major out): the wide N dimension then fills the 128-row MMA tile
-// and the handful of tokens becomes a narrow 16/64 column tile. In the swapped problem the per-token scale is the
+// and the handful of tokens becomes a narrow 16/32/64/96 column tile. In the swapped problem the per-token scale is the
 // row broadcast and the weight scale the column broadcast.
 //
 // This header is included by the instantiation TUs (fp8_grouped_gemm_sm90_inst_*.cu) only; the host dispatcher
@@ -35,9 +35,10 @@ namespace moejit::sm90_fp8 {
 enum class GemmConfig : int {
   kSwap16 = 0,    // swapped, tile N×tokens = 128×16, ping-pong: decode (≤ ~8 rows per expert)
   kSwap32 = 1,    // swapped, tile 128×32, ping-pong: ≤ ~16 rows per expert (more pipeline stages than 128×64)
-  kSwap64 = 2,    // swapped, tile 128×64, ping-pong: small batches (≤ ~64 rows per expert)
-  kCoop128 = 3,   // plain, tile 128×128, cooperative, cluster 1×2 (A multicast): prefill
-  kNumConfigs = 4,
+  kSwap64 = 2,    // swapped, tile 128×64, ping-pong: small batches (≤ ~32 rows per expert)
+  kSwap96 = 3,    // swapped, tile 128×96, ping-pong: ~33-64 rows per expert (one token tile, a third less idle MMA)
+  kCoop128 = 4,   // plain, tile 128×128, cooperative, cluster 1×2 (A multicast): prefill
+  kNumConfigs = 5,
 };
 
 enum class OutType : int { kBF16 = 0, kFP16 = 1, kF32 = 2 };
@@ -117,6 +118,9 @@ template <>
 struct ConfigTraits<GemmConfig::kSwap32> : SwappedPingpong<32> {};
 template <>
 struct ConfigTraits<GemmConfig::kSwap64> : SwappedPingpong<64> {};
+
+template <>
+struct ConfigTraits<GemmConfig::kSwap96> : SwappedPingpong<96> {};
 
 template <>
 struct ConfigTraits<GemmConfig::kCoop128> {

@@ -5,6 +5,11 @@ prints µs per call (median of a 10-call CUDA graph, p10–p90) beside the vLLM 
 copy bandwidth measured on this GPU).
 
     python scripts/bench_cutlass_fp8.py [--shapes mixtral,qwen,deepseek] [--iters 50] [--json out.json]
+    python scripts/bench_cutlass_fp8.py --shapes deepseek --m 512 2048 --gemm-configs swap64,swap96,coop128
+
+``--m`` replaces each shape's batch sizes (vLLM's figure shown where the issue has one). ``--gemm-configs`` also
+times GEMM1 (float32 out, as the layer runs it) and GEMM2 (bf16) alone on the routed rows with each listed tile
+configuration, and the whole layer with both GEMMs forced to it, so a heuristic change can be judged in one run.
 """
 
 from __future__ import annotations
@@ -49,6 +54,34 @@ def make_weights(e, k, n):
     return w1_q, w2_q, w1_s, w2_s
 
 
+def time_configs(configs, a, topk_ids, weights, layer, iters):
+    """GEMM1 / GEMM2 alone and the whole layer with each tile configuration forced (µs, medians); prints a line
+    per configuration and returns {config: {gemm1_us, gemm2_us, layer_us}}."""
+    import moejit.ops.fp8 as fp8_ops
+
+    w1_q, w2_q, w1_s, w2_s = weights
+    e = w1_q.shape[0]
+    rows, offsets, _, _ = ops.moe_permute(a.to(torch.float8_e4m3fn), topk_ids, e)
+    a_s = torch.rand(rows.shape[0], device="cuda") + 0.5
+    inter = torch.randn(rows.shape[0], w2_q.shape[2], device="cuda").to(torch.float8_e4m3fn)
+    out = {}
+    default = fp8_ops.grouped_mm_config
+    for cfg in configs:
+        g1 = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32,
+                                                                config=cfg), iters=iters).median_us
+        g2 = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(inter, w2_q, offsets, a_s, w2_s,
+                                                                out_dtype=torch.bfloat16, config=cfg),
+                             iters=iters).median_us
+        fp8_ops.grouped_mm_config = lambda *_args, cfg=cfg: cfg
+        try:
+            lay = time_cuda_graph(layer, ops_per_graph=10, iters=iters).median_us
+        finally:
+            fp8_ops.grouped_mm_config = default
+        out[cfg] = dict(gemm1_us=g1, gemm2_us=g2, layer_us=lay)
+        print(f"    {cfg:>8s}: GEMM1 {g1:8.1f}  GEMM2 {g2:8.1f}  layer {lay:8.1f} µs", flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="mixtral,qwen,deepseek")
@@ -56,6 +89,9 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--check", action="store_true", help="also compare one call with moe_fp8_ref")
     parser.add_argument("--breakdown", action="store_true", help="also time GEMM1 and GEMM2 alone")
+    parser.add_argument("--m", type=int, nargs="+", default=None, help="batch sizes (default: the issue's)")
+    parser.add_argument("--gemm-configs", default=None,
+                        help="comma-separated tile configurations to time GEMM1, GEMM2 and the layer with")
     parser.add_argument("--profile", action="store_true",
                         help="also list every kernel of one call with its device time (torch.profiler)")
     args = parser.parse_args()
@@ -76,7 +112,7 @@ def main() -> int:
     for key in args.shapes.split(","):
         name, e, topk, k, n, vllm = SHAPES[key]
         weights = make_weights(e, k, n)
-        for m in sorted(vllm):
+        for m in sorted(args.m or vllm):
             a = torch.randn(m, k, device="cuda", generator=gen).bfloat16()
             logits = torch.randn(m, e, device="cuda", generator=gen)
             topk_weights, topk_ids = ops.fused_topk(a, logits, topk, renormalize=True)
@@ -107,12 +143,15 @@ def main() -> int:
                 extra["gemm2_us"] = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(
                     inter, w2_q, offsets, a_s, w2_s, out_dtype=torch.bfloat16), iters=args.iters).median_us
             row = dict(model=name, m=m, median_us=t.median_us, p10_us=t.p10_us, p90_us=t.p90_us,
-                       vllm_us=vllm[m], speedup=vllm[m] / t.median_us, floor_us=floor_us,
+                       vllm_us=vllm.get(m), speedup=vllm[m] / t.median_us if m in vllm else None, floor_us=floor_us,
                        experts_touched=touched, config=cfg, gpu=gpu, **extra)
             results.append(row)
-            print(f"{name:18s} {m:5d} {t.median_us:10.1f} {t.p10_us:6.1f}-{t.p90_us:6.1f} {vllm[m]:8d} "
-                  f"{vllm[m] / t.median_us:8.2f}x {floor_us:9.1f} {t.median_us / floor_us:9.2f}x {cfg:>8s}"
+            ref = f"{vllm[m]:8d} {vllm[m] / t.median_us:8.2f}x" if m in vllm else f"{'-':>8s} {'-':>9s}"
+            print(f"{name:18s} {m:5d} {t.median_us:10.1f} {t.p10_us:6.1f}-{t.p90_us:6.1f} {ref} "
+                  f"{floor_us:9.1f} {t.median_us / floor_us:9.2f}x {cfg:>8s}"
                   + "".join(f"  {k_}={v:.1f}" for k_, v in extra.items()), flush=True)
+            if args.gemm_configs:
+                row["configs"] = time_configs(args.gemm_configs.split(","), a, topk_ids, weights, layer, args.iters)
             if args.profile:
                 row["kernels"], text = profile_report(layer, t.median_us)
                 print(text, flush=True)

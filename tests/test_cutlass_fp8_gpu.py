@@ -72,7 +72,12 @@ def _run(a, topk_weights, topk_ids, e, k, n, a_mode, b_mode, gen, check_unquanti
     assert out.shape == a.shape and out.dtype == a.dtype
     ref = moe_fp8_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_s, w2_s, **kw)
     err = rel_error(out, ref)
-    assert err <= 1e-2, f"vs FP8 simulation: {err:.4f}"
+    if err > 1e-2:
+        # Say whether the layer is as close to the unquantized layer as the simulation is (a dynamic scale that
+        # moved by one rounding step: both equally accurate) or farther (a wrong value).
+        exact = moe_ref(a, w1, w2, topk_weights, topk_ids)
+        pytest.fail(f"vs FP8 simulation: {err:.4f}; vs unquantized: layer {rel_error(out, exact):.4f}, simulation "
+                    f"{rel_error(ref, exact):.4f}")
     if check_unquantized:
         err_u = rel_error(out, moe_ref(a, w1, w2, topk_weights, topk_ids))
         assert err_u <= 0.08, f"vs unquantized: {err_u:.4f}"

@@ -17,8 +17,11 @@ FP8 = torch.float8_e4m3fn
     (128, 8, "swap32"),        # Mixtral M=64: 16 rows per expert
     (136, 8, "swap64"),        # 17 rows per expert
     (1024 * 8, 256, "swap64"),  # Qwen M=1024: 32 rows per expert
-    (512, 8, "coop128"),       # Mixtral M=256: 64 rows per expert
-    (2048 * 8, 256, "coop128"),
+    (264, 8, "swap96"),        # 33 rows per expert
+    (512, 8, "swap96"),        # Mixtral M=256: 64 rows per expert
+    (2048 * 8, 256, "swap96"),  # Qwen / DeepSeek-V3 M=2048: 64 rows per expert
+    (520, 8, "coop128"),       # 65 rows per expert
+    (4096 * 8, 256, "coop128"),
     (0, 8, "swap16"),
 ])
 def test_grouped_mm_config(rows, e, want):

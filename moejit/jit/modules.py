@@ -28,6 +28,10 @@ COMMON_NVCC_FLAGS = (
     "-Xcompiler=-fno-strict-aliasing",
 )
 COMMON_CXX_FLAGS = ("-O3", "-std=c++17", "-DNDEBUG")
+# Tile configurations of the SM90 FP8 grouped GEMM, in the order of GemmConfig (fp8_grouped_gemm_sm90.cuh); each
+# one is a pair of instantiation TUs, fp8_grouped_gemm_sm90_inst_<config>.cu (bf16, fp16) and <config>_f32.cu.
+FP8_GEMM_CONFIGS = ("swap16", "swap32", "swap64", "swap96", "coop128")
+
 CUTLASS_NVCC_FLAGS = (
     "-DCUTLASS_ENABLE_TENSOR_CORE_MMA=1",
     "-DCUTE_USE_PACKED_TUPLE=1",
@@ -91,11 +95,8 @@ MODULES: dict[str, JitModule] = {
         JitModule(
             name="sm90_fp8",
             description="FP8 quantization, CUTLASS 3.x SM90 FP8 grouped GEMM (per-tensor/token × per-tensor/channel)",
-            sources=("fp8_quant.cu", "fp8_grouped_gemm_sm90.cu", "fp8_grouped_gemm_sm90_inst_swap16.cu",
-                     "fp8_grouped_gemm_sm90_inst_swap32.cu", "fp8_grouped_gemm_sm90_inst_swap64.cu",
-                     "fp8_grouped_gemm_sm90_inst_coop128.cu", "fp8_grouped_gemm_sm90_inst_swap16_f32.cu",
-                     "fp8_grouped_gemm_sm90_inst_swap32_f32.cu", "fp8_grouped_gemm_sm90_inst_swap64_f32.cu",
-                     "fp8_grouped_gemm_sm90_inst_coop128_f32.cu"),
+            sources=("fp8_quant.cu", "fp8_grouped_gemm_sm90.cu")
+            + tuple(f"fp8_grouped_gemm_sm90_inst_{c}{o}.cu" for c in FP8_GEMM_CONFIGS for o in ("", "_f32")),
             needs_cutlass=True,
             only_archs=("90a",),
         ),
