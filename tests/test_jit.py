@@ -41,6 +41,30 @@ def test_module_table_sources_exist():
         assert f"defined({module.define[2:]})" in (src / "bindings.cpp").read_text(), module.name
 
 
+def test_fp8_gemm_config_list_matches_the_kernels():
+    """moejit.jit.modules.FP8_GEMM_CONFIGS (the module's instantiation TUs, the Python names and the integer passed
+    to the op) against GemmConfig in the header: same names, same order, kNumConfigs last; each TU instantiates
+    its own configuration."""
+    import re
+
+    from moejit.jit.modules import FP8_GEMM_CONFIGS
+    from moejit.ops.fp8 import GEMM_CONFIGS
+
+    src = jit.kernels_src_dir()
+    header = (src / "fp8_grouped_gemm_sm90.cuh").read_text()
+    enum = re.search(r"enum class GemmConfig : int \{(.*?)\};", header, re.S).group(1)
+    entries = re.findall(r"k(\w+) = (\d+),", enum)
+    names = [name.lower() for name, _ in entries if name != "NumConfigs"]
+    assert names == list(FP8_GEMM_CONFIGS) == list(GEMM_CONFIGS)
+    assert [int(v) for _, v in entries] == list(range(len(FP8_GEMM_CONFIGS) + 1))
+    for name, _ in entries[:-1]:
+        for suffix in ("", "_f32"):
+            tu = (src / f"fp8_grouped_gemm_sm90_inst_{name.lower()}{suffix}.cu").read_text()
+            assert set(re.findall(r"GemmConfig::k(\w+)", tu)) == {name}, (name, suffix)
+    dispatch = (src / "fp8_grouped_gemm_sm90.cu").read_text()
+    assert all(f"GemmConfig::k{name}" in dispatch for name, _ in entries[:-1])
+
+
 def test_arch_sources_only_in_their_arch():
     # The sm_90a build of the INT8 module adds the TMA + wgmma kernels and the define its host code dispatches on.
     module = jit.get_module("sm80_int8")
