@@ -369,9 +369,9 @@ CUTLASS_DEVICE void consumer(const KernelParams<kCluster>& kp, SharedStorage& sh
       // barriers (4-5% slower); the second warp group starting each tile 300 or 600 cycles late (no change); a
       // double-buffered loop, block kb + 1's wgmma issued into a second 64 x 128 fragment before block kb is
       // folded (1.8-1.9x slower at Qwen3.6 M=2048); half 1 folded while half 0 of block kb + 1 runs (ptxas C7514:
-      // the wgmma serialized). Not understood (docs/int8_gemm.md): two builds that changed only where Q comes from
-      // (Q loaded per block parity, with no register copies; Q replaced by constants) hung in every H200 run, in
-      // clusters of two, while a build without the Q loads and the multiply ran 4-9% faster than this loop.
+      // the wgmma serialized). Not understood (docs/int8_gemm.md): a build loading Q per block parity (no register
+      // copies) hung in every H200 run, in clusters of two; builds with Q replaced by constants hung before the end
+      // barrier below was made converged and releasing, and ran without hanging after it.
       Tensor sBh = make_tensor(make_smem_ptr(shared.b), Config::SmemLayoutBHalves{});
       typename Config::TiledMmaHalf mma_h;
       auto thr_h = mma_h.get_thread_slice(consumer_tid);

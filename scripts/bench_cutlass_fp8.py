@@ -54,24 +54,30 @@ def make_weights(e, k, n):
     return w1_q, w2_q, w1_s, w2_s
 
 
+def time_gemms(a, topk_ids, weights, iters, config=None):
+    """GEMM1 (float32 out, as the layer runs it) and GEMM2 (bf16) alone on the routed rows of ``a``, with the tile
+    configuration ``config`` (None: the heuristic's); µs, medians of graph replays."""
+    w1_q, w2_q, w1_s, w2_s = weights
+    rows, offsets, _, _ = ops.moe_permute(a.to(torch.float8_e4m3fn), topk_ids, w1_q.shape[0])
+    a_s = torch.ones(rows.shape[0], device="cuda")
+    inter = torch.randn(rows.shape[0], w2_q.shape[2], device="cuda").to(torch.float8_e4m3fn)
+    g1 = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32,
+                                                            config=config), iters=iters).median_us
+    g2 = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(inter, w2_q, offsets, a_s, w2_s, out_dtype=torch.bfloat16,
+                                                            config=config), iters=iters).median_us
+    return g1, g2
+
+
 def time_configs(configs, a, topk_ids, weights, layer, iters):
-    """GEMM1 / GEMM2 alone and the whole layer with each tile configuration forced (µs, medians); prints a line
-    per configuration and returns {config: {gemm1_us, gemm2_us, layer_us}}."""
+    """GEMM1 / GEMM2 alone (time_gemms) and the whole layer with each tile configuration forced (µs, medians);
+    prints a line per configuration and returns {config: {gemm1_us, gemm2_us, layer_us}}. The layer is forced by
+    replacing moejit.ops.fp8.grouped_mm_config, which cutlass_moe_fp8 looks up on every call."""
     import moejit.ops.fp8 as fp8_ops
 
-    w1_q, w2_q, w1_s, w2_s = weights
-    e = w1_q.shape[0]
-    rows, offsets, _, _ = ops.moe_permute(a.to(torch.float8_e4m3fn), topk_ids, e)
-    a_s = torch.rand(rows.shape[0], device="cuda") + 0.5
-    inter = torch.randn(rows.shape[0], w2_q.shape[2], device="cuda").to(torch.float8_e4m3fn)
     out = {}
     default = fp8_ops.grouped_mm_config
     for cfg in configs:
-        g1 = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32,
-                                                                config=cfg), iters=iters).median_us
-        g2 = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(inter, w2_q, offsets, a_s, w2_s,
-                                                                out_dtype=torch.bfloat16, config=cfg),
-                             iters=iters).median_us
+        g1, g2 = time_gemms(a, topk_ids, weights, iters, cfg)
         fp8_ops.grouped_mm_config = lambda *_args, cfg=cfg: cfg
         try:
             lay = time_cuda_graph(layer, ops_per_graph=10, iters=iters).median_us
@@ -134,14 +140,7 @@ def main() -> int:
             cfg = ops.grouped_mm_config(m * topk, e, 2 * n, k)
             extra = {}
             if args.breakdown:
-                w1_q, w2_q, w1_s, w2_s = weights
-                rows, offsets, _, _ = ops.moe_permute(a.to(torch.float8_e4m3fn), topk_ids, e)
-                a_s = torch.ones(rows.shape[0], device="cuda")
-                inter = torch.randn(rows.shape[0], n, device="cuda").to(torch.float8_e4m3fn)
-                extra["gemm1_us"] = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(
-                    rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32), iters=args.iters).median_us
-                extra["gemm2_us"] = time_cuda_graph(lambda: ops.cutlass_fp8_grouped_mm(
-                    inter, w2_q, offsets, a_s, w2_s, out_dtype=torch.bfloat16), iters=args.iters).median_us
+                extra["gemm1_us"], extra["gemm2_us"] = time_gemms(a, topk_ids, weights, args.iters)
             row = dict(model=name, m=m, median_us=t.median_us, p10_us=t.p10_us, p90_us=t.p90_us,
                        vllm_us=vllm.get(m), speedup=vllm[m] / t.median_us if m in vllm else None, floor_us=floor_us,
                        experts_touched=touched, config=cfg, gpu=gpu, **extra)
