@@ -8,9 +8,15 @@
 //
 // An optional `num_rows` (int32 [1], device) limits the work to the first num_rows rows (the valid rows of a
 // permuted MoE buffer); the remaining rows of q (and of per-token scales) are left unwritten.
+//
+// fp8_permute_quant is the MoE layer's front end for few slots (decode) in one launch: moe_permute's stable
+// expert sort (permute.cu) and this file's static or per-token quantization, writing the permuted e4m3 rows.
 
 #include <cooperative_groups.h>
+#include <cub/block/block_radix_sort.cuh>
 #include <cuda_fp8.h>
+
+#include <cstdlib>
 
 #include "common.h"
 #include "ops.h"
@@ -302,7 +308,10 @@ int grid_for(int64_t rows) {
 // row, rows / 8 for a warp a row); Mixtral's 8 decode rows of 14336 get C = 8 (64 CTAs), DeepSeek-V3's 32 of 2048
 // C = 4 (128 CTAs).
 int split_cluster_size(int64_t rows, int64_t cols) {
-  const int64_t sms = sm_count();
+  // MOEJIT_FP8_SPLIT_WAVES (read on every call, default 1): allow rows · C up to that many CTAs per multiprocessor
+  const char* env = std::getenv("MOEJIT_FP8_SPLIT_WAVES");
+  const int64_t waves = env != nullptr ? std::max(1, std::atoi(env)) : 1;
+  const int64_t sms = sm_count() * waves;
   for (const int c : {8, 4, 2}) {
     if (rows * c <= sms && cols >= 256 * c && ceil_div(cols, 8 * c) <= kSplitThreads * 8) return c;
   }
@@ -357,6 +366,93 @@ bool launch_token_quant_cached(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64
     if (cols <= kThreads * 4 * 8) return go(token_quant_cached_kernel<T, R, kGated, kThreads, 4>, 1);
     if (cols <= kThreads * 8 * 8) return go(token_quant_cached_kernel<T, R, kGated, kThreads, 8>, 1);
     return false;
+  }
+}
+
+// ---- fp8_permute_quant: the expert sort and the quantization of the permuted rows in one launch.
+//
+// With n = M · topk <= kPermuteMaxSlots the sort is one block's work, so every CTA sorts all n slots itself in
+// shared memory (a stable block radix sort of the keys: the expert, E for a dropped slot, E + 1 past n) and no
+// CTA waits for another. Block 0 writes the permutation (moe_permute's contract, and its counting sort's stable
+// order); then the CTAs take tokens in turn, each reading its token's row once and writing it quantized to the
+// token's topk sorted positions (per token: with the row's scale as token_quant_kernel computes it; static: the
+// given one). Per-token scales are written per permuted row, as GEMM1 reads them. At decode this is one launch
+// where the unfused front end takes seven (quantize, the sort's three kernels, the row copy, the scale gather's
+// two), each a few µs of a step that streams the experts' weights for ~250 µs.
+constexpr int kPermuteItems = 4;
+constexpr int kPermuteMaxSlots = kThreads * kPermuteItems;
+
+// The sort key of slot i: its expert, or E for a dropped slot (an id outside [0, E)), as permute.cu's slot_key.
+template <typename IdT>
+__device__ __forceinline__ int32_t permute_key(const IdT* __restrict__ topk_ids, int64_t i, int32_t num_experts) {
+  const int64_t e = static_cast<int64_t>(topk_ids[i]);
+  return (e >= 0 && e < num_experts) ? static_cast<int32_t>(e) : num_experts;
+}
+
+template <typename T, typename IdT, bool kVec, bool kPerToken>
+__global__ void __launch_bounds__(kThreads) permute_quant_kernel(
+    const T* __restrict__ x, const IdT* __restrict__ topk_ids, int64_t m, int32_t topk, int32_t num_experts,
+    int32_t key_bits, int64_t cols, const float* __restrict__ static_scale, __nv_fp8_e4m3* __restrict__ q,
+    float* __restrict__ scales, int32_t* __restrict__ offsets, int32_t* __restrict__ sort_idx,
+    int32_t* __restrict__ inv_idx) {
+  using Sort = cub::BlockRadixSort<int32_t, kThreads, kPermuteItems, int32_t>;
+  __shared__ typename Sort::TempStorage sort_storage;
+  __shared__ int32_t sorted_key[kPermuteMaxSlots];
+  __shared__ int32_t position[kPermuteMaxSlots];  // position[i]: the sorted position of slot i
+  const int32_t n = static_cast<int32_t>(m) * topk;
+  int32_t keys[kPermuteItems], slots[kPermuteItems];
+#pragma unroll
+  for (int j = 0; j < kPermuteItems; ++j) {
+    const int32_t i = static_cast<int32_t>(threadIdx.x) * kPermuteItems + j;
+    keys[j] = i < n ? permute_key(topk_ids, i, num_experts) : num_experts + 1;
+    slots[j] = i;
+  }
+  Sort(sort_storage).Sort(keys, slots, 0, key_bits);  // stable: equal keys keep slot order
+#pragma unroll
+  for (int j = 0; j < kPermuteItems; ++j) {
+    const int32_t p = static_cast<int32_t>(threadIdx.x) * kPermuteItems + j;  // blocked: thread t holds t·items + j
+    sorted_key[p] = keys[j];
+    position[slots[j]] = p;
+    if (blockIdx.x == 0 && p < n) sort_idx[p] = slots[j];
+  }
+  __syncthreads();
+  if (blockIdx.x == 0) {
+    for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
+      inv_idx[i] = sorted_key[position[i]] < num_experts ? position[i] : -1;
+    }
+    // offsets[e] = the first sorted position whose key is >= e: position p starts buckets (key[p-1], key[p]]
+    for (int32_t p = threadIdx.x; p < n; p += blockDim.x) {
+      for (int32_t e = p == 0 ? 0 : sorted_key[p - 1] + 1; e <= sorted_key[p]; ++e) offsets[e] = p;
+    }
+    for (int32_t e = sorted_key[n - 1] + 1 + static_cast<int32_t>(threadIdx.x); e <= num_experts; e += blockDim.x) {
+      offsets[e] = n;
+    }
+  }
+  for (int64_t t = blockIdx.x; t < m; t += gridDim.x) {
+    const auto rd = reader<T, T, false>(x, t, cols);
+    float s;
+    if constexpr (kPerToken) {
+      s = scale_from_amax(block_max(thread_row_amax<T, T, false, kVec>(rd)));
+      for (int32_t j = threadIdx.x; j < topk; j += blockDim.x) scales[position[t * topk + j]] = s;
+    } else {
+      s = *static_scale;
+    }
+    const int32_t* dst = position + t * topk;
+    if constexpr (kVec) {
+      for (int64_t c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
+        float v[8];
+        rd.at8(c, v);
+        union { __nv_fp8_e4m3 f[8]; uint2 u; } o;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o.f[i] = to_fp8(v[i], s);
+        for (int32_t j = 0; j < topk; ++j) *reinterpret_cast<uint2*>(q + dst[j] * cols + c) = o.u;
+      }
+    } else {
+      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+        const __nv_fp8_e4m3 o = to_fp8(rd.at(c), s);
+        for (int32_t j = 0; j < topk; ++j) q[dst[j] * cols + c] = o;
+      }
+    }
   }
 }
 
@@ -467,6 +563,80 @@ std::tuple<at::Tensor, at::Tensor> silu_mul_fp8_quant(const at::Tensor& x,
                                                       const std::optional<at::Tensor>& num_rows,
                                                       std::optional<at::ScalarType> round_dtype) {
   return quantize_impl<true>(x, scale, per_token, num_rows, round_dtype, "silu_mul_fp8_quant");
+}
+
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fp8_permute_quant(
+    const at::Tensor& hidden, const at::Tensor& topk_ids, int64_t num_experts, const std::optional<at::Tensor>& scale,
+    bool per_token) {
+  constexpr const char* op = "fp8_permute_quant";
+  MOEJIT_CHECK_CUDA(hidden);
+  MOEJIT_CHECK_CUDA(topk_ids);
+  MOEJIT_CHECK(hidden.dim() == 2, op, ": hidden must be 2-D [M, K], got ", hidden.sizes());
+  MOEJIT_CHECK(topk_ids.dim() == 2, op, ": topk_ids must be 2-D [M, topk], got ", topk_ids.sizes());
+  MOEJIT_CHECK(topk_ids.size(0) == hidden.size(0), op, ": topk_ids has ", topk_ids.size(0), " rows but hidden has ",
+               hidden.size(0));
+  MOEJIT_CHECK(topk_ids.scalar_type() == at::kInt || topk_ids.scalar_type() == at::kLong, op,
+               ": topk_ids must be int32 or int64, got ", topk_ids.scalar_type());
+  MOEJIT_CHECK_CONTIGUOUS(hidden);
+  MOEJIT_CHECK_CONTIGUOUS(topk_ids);
+  MOEJIT_CHECK(num_experts > 0 && num_experts < (int64_t{1} << 30), op, ": bad num_experts ", num_experts);
+  MOEJIT_CHECK(scale.has_value() != per_token, op, ": needs a static scale or per_token (exactly one; dynamic "
+               "per-tensor scales need the whole input's maximum first)");
+  if (scale.has_value()) {
+    MOEJIT_CHECK_CUDA(*scale);
+    MOEJIT_CHECK_DTYPE(*scale, at::kFloat);
+    MOEJIT_CHECK(scale->numel() == 1, op, ": a static scale must have one element");
+  }
+  const int64_t m = hidden.size(0), cols = hidden.size(1), topk = topk_ids.size(1);
+  const int64_t n = m * topk;
+  MOEJIT_CHECK(n <= kPermuteMaxSlots, op, ": M * topk = ", n, " slots, more than the ", kPermuteMaxSlots,
+               " one block sorts (use moe_permute and fp8_quant)");
+
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  cudaStream_t stream = current_stream();
+  auto i32 = hidden.options().dtype(at::kInt);
+  at::Tensor q = at::empty({n, cols}, hidden.options().dtype(at::kFloat8_e4m3fn));
+  at::Tensor s_out = per_token ? at::empty({n, 1}, hidden.options().dtype(at::kFloat)) : scale->reshape({1}).clone();
+  at::Tensor offsets = at::empty({num_experts + 1}, i32);
+  at::Tensor sort_idx = at::empty({n}, i32);
+  at::Tensor inv_idx = at::empty({n}, i32);
+  if (n == 0) {
+    offsets.zero_();
+    return {q, s_out, offsets, sort_idx, inv_idx};
+  }
+  // keys go up to E + 1 (the padding past n)
+  int32_t key_bits = 1;
+  while ((int64_t{1} << key_bits) <= num_experts + 1) ++key_bits;
+  const int grid = static_cast<int>(std::min<int64_t>(m, sm_count()));
+  const auto e = static_cast<int32_t>(num_experts);
+  const auto t = static_cast<int32_t>(topk);
+  dispatch_quant_types(hidden.scalar_type(), at::kBFloat16, op, [&](auto* tag, auto*) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const T* xp = reinterpret_cast<const T*>(hidden.data_ptr());
+    const bool vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(xp) % (8 * sizeof(T)) == 0;
+    auto launch = [&](auto ids, auto vec_tag, auto token_tag) {
+      using IdT = std::remove_const_t<std::remove_pointer_t<decltype(ids)>>;
+      permute_quant_kernel<T, IdT, decltype(vec_tag)::value, decltype(token_tag)::value>
+          <<<grid, kThreads, 0, stream>>>(xp, ids, m, t, e, key_bits, cols,
+                                          per_token ? nullptr : s_out.data_ptr<float>(),
+                                          reinterpret_cast<__nv_fp8_e4m3*>(q.data_ptr()),
+                                          per_token ? s_out.data_ptr<float>() : nullptr, offsets.data_ptr<int32_t>(),
+                                          sort_idx.data_ptr<int32_t>(), inv_idx.data_ptr<int32_t>());
+      MOEJIT_CUDA_LAUNCH_CHECK();
+    };
+    auto with_token = [&](auto ids, auto vec_tag) {
+      if (per_token) launch(ids, vec_tag, std::true_type{});
+      else launch(ids, vec_tag, std::false_type{});
+    };
+    auto with_vec = [&](auto ids) {
+      if (vec) with_token(ids, std::true_type{});
+      else with_token(ids, std::false_type{});
+    };
+    if (topk_ids.scalar_type() == at::kInt) with_vec(topk_ids.data_ptr<int32_t>());
+    else with_vec(topk_ids.data_ptr<int64_t>());
+  });
+  return {q, s_out, offsets, sort_idx, inv_idx};
 }
 
 }  // namespace moejit

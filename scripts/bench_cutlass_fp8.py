@@ -10,6 +10,10 @@ copy bandwidth measured on this GPU).
 ``--m`` replaces each shape's batch sizes (vLLM's figure shown where the issue has one). ``--gemm-configs`` also
 times GEMM1 (float32 out, as the layer runs it) and GEMM2 (bf16) alone on the routed rows with each listed tile
 configuration, and the whole layer with both GEMMs forced to it, so a heuristic change can be judged in one run.
+``--variants`` times the layer under each set of environment switches (read when the graph is captured), in
+alternating rounds so that drift of the GPU's clock hits every variant alike:
+
+    python scripts/bench_cutlass_fp8.py --variants MOEJIT_FP8_FUSED_PERMUTE_QUANT=0 MOEJIT_FP8_FUSED_PERMUTE_QUANT=1
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +93,30 @@ def time_configs(configs, a, topk_ids, weights, layer, iters):
     return out
 
 
+def time_variants(variants, layer, iters, rounds=3):
+    """The layer under each environment variant ("A=1,B=2"), ``rounds`` alternating rounds; prints and returns
+    {variant: median of the rounds' medians (µs)}."""
+    times = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            pairs = [kv.split("=", 1) for kv in variant.split(",") if kv]
+            saved = {k_: os.environ.get(k_) for k_, _ in pairs}
+            os.environ.update(dict(pairs))
+            try:
+                times[variant].append(time_cuda_graph(layer, ops_per_graph=10, iters=iters).median_us)
+            finally:
+                for k_, old in saved.items():
+                    if old is None:
+                        os.environ.pop(k_, None)
+                    else:
+                        os.environ[k_] = old
+    out = {v: sorted(t)[len(t) // 2] for v, t in times.items()}
+    for v, t in times.items():
+        print(f"    {v or '(default)':>48s}: {out[v]:8.1f} µs  (rounds: {', '.join(f'{x:.1f}' for x in t)})",
+              flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="mixtral,qwen,deepseek")
@@ -98,6 +127,8 @@ def main() -> int:
     parser.add_argument("--m", type=int, nargs="+", default=None, help="batch sizes (default: the issue's)")
     parser.add_argument("--gemm-configs", default=None,
                         help="comma-separated tile configurations to time GEMM1, GEMM2 and the layer with")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="environment variants (NAME=VALUE[,NAME=VALUE]) to time the layer under, alternating")
     parser.add_argument("--profile", action="store_true",
                         help="also list every kernel of one call with its device time (torch.profiler)")
     args = parser.parse_args()
@@ -151,6 +182,8 @@ def main() -> int:
                   + "".join(f"  {k_}={v:.1f}" for k_, v in extra.items()), flush=True)
             if args.gemm_configs:
                 row["configs"] = time_configs(args.gemm_configs.split(","), a, topk_ids, weights, layer, args.iters)
+            if args.variants:
+                row["variants"] = time_variants(args.variants, layer, args.iters)
             if args.profile:
                 row["kernels"], text = profile_report(layer, t.median_us)
                 print(text, flush=True)

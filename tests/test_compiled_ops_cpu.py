@@ -139,6 +139,11 @@ OP_CASES = {
                                                                       num_rows=_fake_cuda(1, dtype=torch.int32),
                                                                       round_dtype=torch.bfloat16),
                            [((M, N), FP8), ((1,), torch.float32)]),
+    "fp8_permute_quant": ("sm90_fp8", lambda o: o.fp8_permute_quant(_fake_cuda(M, K, dtype=torch.bfloat16),
+                                                                    _fake_cuda(M, TOPK, dtype=torch.int32), E,
+                                                                    per_token=True),
+                          [((M * TOPK, K), FP8), ((M * TOPK, 1), torch.float32), ((E + 1,), torch.int32),
+                           ((M * TOPK,), torch.int32), ((M * TOPK,), torch.int32)]),
     "cutlass_fp8_grouped_mm": ("sm90_fp8", lambda o: o.cutlass_fp8_grouped_mm(
         _fake_cuda(M, K, dtype=FP8), _fake_cuda(E, N, K, dtype=FP8), _fake_cuda(E + 1, dtype=torch.int32),
         _fake_cuda(M), _fake_cuda(E, N), out_dtype=torch.float32, k_splits=2), [((2, M, N), torch.float32)]),

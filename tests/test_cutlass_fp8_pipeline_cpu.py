@@ -81,8 +81,17 @@ def _unpermute(rows, topk_weights, inv_idx, out_dtype=None):
     return moe_unpermute_ref(summed, topk_weights, inv_idx).to(out_dtype or rows.dtype)
 
 
+def _permute_quant(hidden, topk_ids, num_experts, scale, per_token):
+    """fp8_permute_quant's contract: moe_permute of fp8_quant's rows, per-token scales per permuted row."""
+    q, s = fp8_quant_ref(hidden.float(), scale=scale, per_token=per_token)
+    rows, offsets, sort_idx, inv_idx = moe_permute_ref(q, topk_ids, num_experts)
+    tokens = sort_idx.long() // topk_ids.shape[1]
+    return rows, (s[tokens] if per_token else s.reshape(1)), offsets, sort_idx, inv_idx
+
+
 TORCH_OPS = {
     "fp8_quant": _fp8_quant,
+    "fp8_permute_quant": _permute_quant,
     "silu_mul_fp8_quant": _silu_mul_fp8_quant,
     "cutlass_fp8_grouped_mm": _grouped_mm,
     "moe_permute": moe_permute_ref,
@@ -90,12 +99,22 @@ TORCH_OPS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def torch_kernels(monkeypatch):
-    monkeypatch.setattr(registry, "op", lambda name: TORCH_OPS[name])
+@pytest.fixture(autouse=True, params=["fused", "unfused"])
+def torch_kernels(monkeypatch, request):
+    """Every test runs with the decode front end fused (fp8_permute_quant, the default up to 1024 slots) and
+    unfused (fp8_quant then moe_permute), and records which ops the layer called."""
+    monkeypatch.setenv("MOEJIT_FP8_FUSED_PERMUTE_QUANT", "1" if request.param == "fused" else "0")
+    called = []
+
+    def op(name):
+        called.append(name)
+        return TORCH_OPS[name]
+
+    monkeypatch.setattr(registry, "op", op)
     cpu_ok = functools.partial(_validate.check_tensor, cuda=False)
     for module in (moejit.ops.common, moejit.ops.fp8, moejit.moe.checks):
         monkeypatch.setattr(module, "check_tensor", cpu_ok)
+    return request.param, called
 
 
 def _layer_inputs(gen, m, e, topk, k, n, per_out_ch, dtype=torch.bfloat16):
@@ -119,11 +138,15 @@ def _act_kwargs(a, a_mode):
 @pytest.mark.parametrize("per_out_ch", [False, True])
 @pytest.mark.parametrize("a_mode", ["static", "dynamic", "token"])
 @pytest.mark.parametrize("m, e, topk", [(1, 8, 2), (37, 8, 2), (64, 16, 4), (20, 6, 1)])
-def test_pipeline_matches_reference(seeded, a_mode, per_out_ch, m, e, topk):
+def test_pipeline_matches_reference(seeded, torch_kernels, a_mode, per_out_ch, m, e, topk):
     k, n = 128, 64
     a, w1_q, w2_q, tw, ids, w1_s, w2_s = _layer_inputs(seeded, m, e, topk, k, n, per_out_ch)
     kw = _act_kwargs(a, a_mode)
     out = ops.cutlass_moe_fp8(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_out_ch=per_out_ch, **kw)
+    fused, called = torch_kernels
+    # dynamic per-tensor input scales need the whole input's maximum first: never the fused front end
+    assert ("fp8_permute_quant" in called) == (fused == "fused" and a_mode != "dynamic")
+    assert ("moe_permute" in called) == ("fp8_permute_quant" not in called)
     ref = moe_fp8_ref(a, w1_q, w2_q, tw, ids, w1_s, w2_s, **kw)
     assert out.dtype == a.dtype and out.shape == a.shape
     assert torch.isfinite(out).all()
@@ -148,7 +171,7 @@ def test_dropped_slots_and_empty_experts(seeded, a_mode):
 
 def test_wrong_scale_gather_would_be_caught(seeded, monkeypatch):
     """The check above can fail: permuting the per-token scales wrongly (by slot instead of by token) is far out
-    of bounds on these inputs."""
+    of bounds on these inputs, in either front end."""
     m, e, topk, k, n = 32, 8, 2, 128, 64
     a, w1_q, w2_q, tw, ids, w1_s, w2_s = _layer_inputs(seeded, m, e, topk, k, n, True)
 
@@ -156,7 +179,12 @@ def test_wrong_scale_gather_would_be_caught(seeded, monkeypatch):
         rows, offsets, sort_idx, inv_idx = moe_permute_ref(hidden, topk_ids, num_experts)
         return rows, offsets, sort_idx.flip(0).contiguous(), inv_idx  # wrong rows' scales
 
+    def broken_permute_quant(*args):
+        rows, s, offsets, sort_idx, inv_idx = _permute_quant(*args)
+        return rows, s.flip(0).contiguous(), offsets, sort_idx, inv_idx
+
     monkeypatch.setitem(TORCH_OPS, "moe_permute", broken_permute)
+    monkeypatch.setitem(TORCH_OPS, "fp8_permute_quant", broken_permute_quant)
     out = ops.cutlass_moe_fp8(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_act_token=True, per_out_ch=True)
     ref = moe_fp8_ref(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_act_token=True)
     assert rel_error(out, ref) > 0.1
@@ -186,3 +214,18 @@ def test_split_k_gemm2_path(seeded, monkeypatch, a_mode):
     ref = moe_fp8_ref(a, w1_q, w2_q, tw, ids, w1_s, w2_s, **kw)
     assert out.dtype == a.dtype and out.shape == a.shape
     assert rel_error(out, ref) <= 1e-2
+
+
+def test_more_slots_than_one_block_sorts_take_the_unfused_front_end(seeded, torch_kernels):
+    """Past PERMUTE_QUANT_MAX_SLOTS slots (one block's sort in fp8_permute_quant) the layer quantizes and
+    permutes in separate ops, whatever the switch says; at the limit it still fuses (when switched on)."""
+    fused, called = torch_kernels
+    k, n, e, topk = 32, 16, 4, 2
+    limit = moejit.ops.fp8.PERMUTE_QUANT_MAX_SLOTS
+    for m, expect_fused in ((limit // topk, fused == "fused"), (limit // topk + 1, False)):
+        called.clear()
+        a, w1_q, w2_q, tw, ids, w1_s, w2_s = _layer_inputs(seeded, m, e, topk, k, n, True)
+        out = ops.cutlass_moe_fp8(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_act_token=True, per_out_ch=True)
+        assert ("fp8_permute_quant" in called) == expect_fused
+        ref = moe_fp8_ref(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_act_token=True)
+        assert rel_error(out, ref) <= 1e-2

@@ -5,7 +5,8 @@ import torch
 
 from moejit import ops
 from moejit.errors import MoejitInputError
-from moejit.reference import MIN_SCALE, fp8_dequant_ref, fp8_quant_ref, rel_error, silu_and_mul_ref
+from moejit.reference import (MIN_SCALE, fp8_dequant_ref, fp8_quant_ref, moe_permute_ref, rel_error,
+                              silu_and_mul_ref)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
@@ -277,3 +278,99 @@ def test_reference_on_cuda_equals_the_kernel_where_quotients_tie(amax, seeded):
         q_k, s_k = ops.fp8_quant(x.cuda(), **kwargs)
         assert torch.equal(s_ref.cpu(), s_cpu) and torch.equal(s_k.cpu().reshape(s_cpu.shape), s_cpu)
         assert torch.equal(q_ref.cpu().float(), q_cpu.float()) and torch.equal(q_k.cpu().float(), q_cpu.float())
+
+
+# fp8_permute_quant: (M, K, E, topk) at decode sizes of the three models, one token, repeated and dropped experts,
+# the slot limit (1024), a K that is not a multiple of 8 (the scalar path) and thousands of experts
+PERMUTE_CASES = [(1, 4096, 8, 2), (4, 4096, 8, 2), (64, 4096, 8, 2), (4, 7168, 256, 8), (64, 2048, 256, 8),
+                 (128, 2048, 256, 8), (512, 64, 8, 2), (1, 16, 1, 1), (3, 100, 5, 3), (7, 7168, 3000, 6)]
+
+
+def _routing(m, topk, e, gen, dropped=True):
+    ids = torch.randint(0, e, (m, topk), generator=gen)
+    if dropped and m * topk > 2:
+        flat = ids.view(-1)
+        flat[torch.randperm(flat.numel(), generator=gen)[: max(1, flat.numel() // 10)]] = -1
+        flat[0] = e  # out of range too: dropped
+    return ids.int().cuda()
+
+
+@pytest.mark.parametrize("m, k, e, topk", PERMUTE_CASES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float32])
+@pytest.mark.parametrize("mode", ["static", "token"])
+def test_permute_quant_is_quant_then_permute(m, k, e, topk, dtype, mode, seeded):
+    """fp8_permute_quant equals fp8_quant followed by moe_permute (and the per-token scale gather) bit for bit:
+    the same stable permutation, offsets and inverse as the reference, the reference's bytes and scales."""
+    x = _x((m, k), dtype, seeded)
+    ids = _routing(m, topk, e, seeded)
+    static = (x.float().abs().amax() / 300).reshape(1) if mode == "static" else None
+    q, s, offsets, sort_idx, inv_idx = ops.fp8_permute_quant(x, ids, e, static, per_token=(mode == "token"))
+    _, off_ref, sort_ref, inv_ref = moe_permute_ref(x, ids, e)
+    assert torch.equal(offsets, off_ref) and torch.equal(sort_idx, sort_ref) and torch.equal(inv_idx, inv_ref)
+    q_ref, s_ref = fp8_quant_ref(x.cpu(), scale=None if static is None else static.cpu(), per_token=(mode == "token"))
+    tokens = sort_ref.long().cpu() // topk
+    assert q.shape == (m * topk, k) and q.dtype == torch.float8_e4m3fn
+    assert torch.equal(_bytes(q).cpu(), _bytes(q_ref)[tokens])  # every row, dropped slots' included
+    if mode == "token":
+        assert s.shape == (m * topk, 1) and torch.equal(s.cpu(), s_ref[tokens])
+    else:
+        assert s.shape == (1,) and torch.equal(s, static)
+
+
+def test_permute_quant_int64_ids_repeats_and_no_kept_slot(seeded):
+    x = _x((5, 256), torch.bfloat16, seeded)
+    ids = torch.tensor([[3, 3], [0, 3], [-1, 7], [3, 0], [2, 2]], dtype=torch.int64, device="cuda")
+    for t in (ids, ids.int()):
+        got = ops.fp8_permute_quant(x, t, 4, per_token=True)
+        want = moe_permute_ref(x, t, 4)
+        for g, w in zip(got[2:], want[1:]):
+            assert torch.equal(g, w)
+    none = torch.full((5, 2), -1, dtype=torch.int32, device="cuda")
+    q, s, offsets, sort_idx, inv_idx = ops.fp8_permute_quant(x, none, 4, per_token=True)
+    assert offsets.tolist() == [0] * 5 and inv_idx.tolist() == [-1] * 10 and sort_idx.tolist() == list(range(10))
+    q0, s0, off0, *_ = ops.fp8_permute_quant(x[:0], none[:0], 4, per_token=True)
+    assert q0.shape == (0, 256) and s0.shape == (0, 1) and off0.tolist() == [0] * 5
+
+
+def test_permute_quant_captures_in_cuda_graph(seeded):
+    m, k, e, topk = 16, 4096, 8, 2
+    x = _x((m, k), torch.bfloat16, seeded)
+    ids = _routing(m, topk, e, seeded)
+    step = lambda: ops.fp8_permute_quant(x, ids, e, per_token=True)  # noqa: E731
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+        with torch.cuda.graph(graph, stream=stream):
+            captured = step()
+    torch.cuda.current_stream().wait_stream(stream)
+    x.copy_(_x((m, k), torch.bfloat16, seeded, scale=7.0))  # new data and new routing
+    ids.copy_(_routing(m, topk, e, seeded))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(captured, step()):
+        assert torch.equal(got.view(torch.uint8) if got.dtype == torch.float8_e4m3fn else got,
+                           want.view(torch.uint8) if want.dtype == torch.float8_e4m3fn else want)
+
+
+def test_permute_quant_rejects_bad_input():
+    x = torch.randn(4, 32, device="cuda", dtype=torch.bfloat16)
+    ids = torch.zeros(4, 2, dtype=torch.int32, device="cuda")
+    with pytest.raises(MoejitInputError, match="exactly one"):
+        ops.fp8_permute_quant(x, ids, 8)  # dynamic per-tensor
+    with pytest.raises(MoejitInputError, match="exactly one"):
+        ops.fp8_permute_quant(x, ids, 8, torch.ones(1, device="cuda"), per_token=True)
+    with pytest.raises(MoejitInputError, match="1024"):
+        ops.fp8_permute_quant(torch.randn(513, 32, device="cuda"), torch.zeros(513, 2, dtype=torch.int32,
+                                                                               device="cuda"), 8, per_token=True)
+    with pytest.raises(MoejitInputError, match="rows"):
+        ops.fp8_permute_quant(x, ids[:3], 8, per_token=True)
+    with pytest.raises(MoejitInputError, match="topk_ids must have dtype"):
+        ops.fp8_permute_quant(x, ids.float(), 8, per_token=True)
+    with pytest.raises(MoejitInputError, match="num_experts"):
+        ops.fp8_permute_quant(x, ids, 0, per_token=True)
+    with pytest.raises(MoejitInputError, match="CUDA"):
+        ops.fp8_permute_quant(x.cpu(), ids.cpu(), 8, per_token=True)

@@ -65,6 +65,20 @@ def test_fp8_gemm_config_list_matches_the_kernels():
     assert all(f"GemmConfig::k{name}" in dispatch for name, _ in entries[:-1])
 
 
+def test_permute_quant_slot_limit_matches_the_kernel():
+    """moejit.ops.fp8.PERMUTE_QUANT_MAX_SLOTS (where the FP8 layer stops fusing its front end) is the number of
+    slots fp8_permute_quant's block sorts: its threads times its items per thread."""
+    import re
+
+    from moejit.ops.fp8 import PERMUTE_QUANT_MAX_SLOTS
+
+    text = (jit.kernels_src_dir() / "fp8_quant.cu").read_text()
+    threads = int(re.search(r"constexpr int kThreads = (\d+);", text).group(1))
+    items = int(re.search(r"constexpr int kPermuteItems = (\d+);", text).group(1))
+    assert "constexpr int kPermuteMaxSlots = kThreads * kPermuteItems;" in text
+    assert PERMUTE_QUANT_MAX_SLOTS == threads * items
+
+
 def test_arch_sources_only_in_their_arch():
     # The sm_90a build of the INT8 module adds the TMA + wgmma kernels and the define its host code dispatches on.
     module = jit.get_module("sm80_int8")

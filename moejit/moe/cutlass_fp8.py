@@ -12,7 +12,10 @@ Pipeline (every step on the device; no host synchronization, so the layer captur
     weighted unpermute (summing the planes) → out [M, K]
 
 Quantizing before permuting moves 1 byte per element through the permutation instead of 2, and quantizes M rows
-instead of M·topk; the result is the same since every copy of a token row gets the same scale.
+instead of M·topk; the result is the same since every copy of a token row gets the same scale. Up to
+PERMUTE_QUANT_MAX_SLOTS (1024) slots with a static or per-token input scale, the first two steps (and the gather
+of per-token scales) are one launch, ``fp8_permute_quant``: at decode the front end's seven small kernels cost
+more than their work. ``MOEJIT_FP8_FUSED_PERMUTE_QUANT=0`` (read at call time) turns that off.
 
 GEMM1 stores float32 so that SiLU sees the unrounded product: rounding it to bf16 first and then quantizing the
 SiLU output to e4m3 moves ~6% of the intermediate values by one e4m3 step, a ~1.6% relative error of the layer
@@ -22,6 +25,10 @@ against the exact FP8 simulation (moejit.reference.moe_fp8_ref). The extra bytes
 from __future__ import annotations
 
 import torch
+
+from moejit.envflags import env_flag
+
+ENV_FUSED_PERMUTE_QUANT = ("MOEJIT_FP8_FUSED_PERMUTE_QUANT",)
 
 # moejit.ops re-exports this module, so everything under moejit.ops (and moejit.moe.checks, which uses it) is
 # imported when the layer is first called, not at import time: that keeps every import order cycle-free.
@@ -50,8 +57,8 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
     """
     from moejit.moe.checks import FP8, check_quantized_moe
     from moejit.ops.common import moe_permute, moe_unpermute
-    from moejit.ops.fp8 import (cutlass_fp8_grouped_mm, fp8_quant, grouped_mm_config, grouped_mm_k_splits,
-                                silu_mul_fp8_quant)
+    from moejit.ops.fp8 import (PERMUTE_QUANT_MAX_SLOTS, cutlass_fp8_grouped_mm, fp8_permute_quant, fp8_quant,
+                                grouped_mm_config, grouped_mm_k_splits, silu_mul_fp8_quant)
 
     shape, out_dtype = check_quantized_moe(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale,
                                            a2_scale, per_act_token=per_act_token, per_out_ch=per_out_ch,
@@ -66,11 +73,15 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
     if w1_s.shape[1] == 1:
         w1_s, w2_s = w1_s.reshape(e), w2_s.reshape(e)
 
-    a_q, a_s = fp8_quant(a, a1_scale, per_token=per_act_token)
-    rows, offsets, sort_idx, inv_idx = moe_permute(a_q, topk_ids, e)
-    if per_act_token:
-        # the scale of each permuted row's token (index_select takes the int32 index as is: two kernels, not three)
-        a_s = a_s.reshape(-1).index_select(0, torch.div(sort_idx, topk, rounding_mode="floor"))
+    if ((per_act_token or a1_scale is not None) and m * topk <= PERMUTE_QUANT_MAX_SLOTS
+            and env_flag(ENV_FUSED_PERMUTE_QUANT, True)):
+        rows, a_s, offsets, sort_idx, inv_idx = fp8_permute_quant(a, topk_ids, e, a1_scale, per_token=per_act_token)
+    else:
+        a_q, a_s = fp8_quant(a, a1_scale, per_token=per_act_token)
+        rows, offsets, sort_idx, inv_idx = moe_permute(a_q, topk_ids, e)
+        if per_act_token:
+            # the scale of each permuted row's token (index_select takes the int32 index as is: two kernels)
+            a_s = a_s.reshape(-1).index_select(0, torch.div(sort_idx, topk, rounding_mode="floor"))
     total = rows.shape[0]
     inter = cutlass_fp8_grouped_mm(rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32,
                                    config=grouped_mm_config(total, e, 2 * n, k))

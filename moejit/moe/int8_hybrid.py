@@ -29,40 +29,21 @@ the ``MOEJIT_`` name wins when both are set. Values: 1/0, true/false, yes/no, on
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from moejit.envflags import env_flag
 from moejit.errors import MoejitInputError
 from moejit.int8.format import HybridFormat
 
 ENV_FUSED_SILU_QUANT = ("MOEJIT_INT8_HYBRID_FUSED_SILU_QUANT", "VLLM_INT8_HYBRID_FUSED_SILU_QUANT")
 ENV_FUSED_PERMUTE_QUANT = ("MOEJIT_INT8_HYBRID_FUSED_PERMUTE_QUANT", "VLLM_INT8_HYBRID_FUSED_PERMUTE_QUANT")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 # The hybrid grouped GEMM. None: ``moejit.ops.int8.int8_hybrid_grouped_mm`` (the CUTLASS op), imported on first
 # use. Tests may set this to a torch implementation of the same contract.
 _hybrid_grouped_mm = None
-
-
-def env_flag(names: tuple[str, ...], default: bool) -> bool:
-    """The first of ``names`` that is set (and not empty) decides; otherwise ``default``. Raises
-    :class:`MoejitInputError` for a value that is not a boolean word."""
-    for name in names:
-        raw = os.environ.get(name)
-        if raw is None or raw.strip() == "":
-            continue
-        value = raw.strip().lower()
-        if value in _TRUE:
-            return True
-        if value in _FALSE:
-            return False
-        raise MoejitInputError(f"environment variable {name}={raw!r} is not a boolean (use 1/0, true/false, "
-                               "yes/no, on/off)")
-    return default
 
 
 def resolve_switches(fused_silu_quant: bool | None = None, fused_permute_quant: bool | None = None):

@@ -37,6 +37,19 @@ def _silu_mul_fp8_quant_fake(x, scale, per_token, num_rows, round_dtype=None):
             x.new_empty((rows, 1) if per_token else (1,), dtype=torch.float32))
 
 
+# The most slots (M·topk) fp8_permute_quant takes: one block's sort (kPermuteMaxSlots in fp8_quant.cu).
+PERMUTE_QUANT_MAX_SLOTS = 1024
+
+
+@registry.define("fp8_permute_quant", module=_MODULE)
+def _fp8_permute_quant_fake(hidden, topk_ids, num_experts, scale, per_token):
+    n = topk_ids.shape[0] * topk_ids.shape[1]
+    i32 = dict(dtype=torch.int32, device=hidden.device)
+    return (hidden.new_empty((n, hidden.shape[1]), dtype=FP8),
+            hidden.new_empty((n, 1) if per_token else (1,), dtype=torch.float32),
+            torch.empty((num_experts + 1,), **i32), torch.empty((n,), **i32), torch.empty((n,), **i32))
+
+
 @registry.define("cutlass_fp8_grouped_mm", module=_MODULE)
 def _cutlass_fp8_grouped_mm_fake(a, b, expert_offsets, a_scale, b_scale, out_dtype, config, k_splits=1):
     shape = (a.shape[0], b.shape[1]) if k_splits == 1 else (k_splits, a.shape[0], b.shape[1])
@@ -91,6 +104,42 @@ def silu_mul_fp8_quant(x: torch.Tensor, scale: torch.Tensor | None = None, per_t
         raise MoejitInputError(f"round_dtype applies to float32 x only (x is {x.dtype}, round_dtype {round_dtype})")
     return registry.op("silu_mul_fp8_quant")(x, scale, bool(per_token), num_rows,
                                              round_dtype if x.dtype == torch.float32 else None)
+
+
+def fp8_permute_quant(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts: int,
+                      scale: torch.Tensor | None = None, per_token: bool = False):
+    """:func:`moejit.ops.moe_permute` of the e4m3 rows of :func:`fp8_quant`, in one launch, for up to
+    :data:`PERMUTE_QUANT_MAX_SLOTS` slots (the MoE layer's front end at decode).
+
+    Args:
+        hidden: ``[M, K]`` bf16/fp16/fp32, contiguous.
+        topk_ids: ``[M, topk]`` int32/int64; ids outside ``[0, num_experts)`` mark dropped slots.
+        num_experts: E.
+        scale: a static per-tensor scale (one float32 element), or None with ``per_token=True`` (dynamic per
+            token). Dynamic per-tensor scales need the whole input's maximum first: use :func:`fp8_quant` then.
+
+    Returns ``(q [M·topk, K] e4m3, scale, expert_offsets int32 [E+1], sort_idx int32 [M·topk], inv_idx int32
+    [M·topk])``: the permutation exactly as :func:`moejit.ops.moe_permute` gives it, ``q[p]`` the quantized row of
+    token ``sort_idx[p] // topk`` (bit-identical to ``fp8_quant``'s), and ``scale`` per permuted row ``[M·topk, 1]``
+    (per token) or a copy of the static scale. Every row is written, dropped slots' included.
+    """
+    check_tensor("hidden", hidden, dtypes=FLOAT16_TYPES + (torch.float32,), ndim=2, contiguous=True)
+    check_tensor("topk_ids", topk_ids, dtypes=(torch.int32, torch.int64), ndim=2, contiguous=True)
+    if topk_ids.shape[0] != hidden.shape[0]:
+        raise MoejitInputError(f"topk_ids has {topk_ids.shape[0]} rows but hidden has {hidden.shape[0]}")
+    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or not 0 < num_experts < 1 << 30:
+        raise MoejitInputError(f"num_experts must be a positive int, got {num_experts!r}")
+    if topk_ids.numel() > PERMUTE_QUANT_MAX_SLOTS:
+        raise MoejitInputError(f"M·topk = {topk_ids.numel()} slots exceeds the {PERMUTE_QUANT_MAX_SLOTS} that "
+                               "fp8_permute_quant sorts (use moe_permute and fp8_quant)")
+    if (scale is None) != bool(per_token):
+        raise MoejitInputError("fp8_permute_quant needs exactly one of a static scale and per_token=True")
+    if scale is not None:
+        check_tensor("scale", scale, dtypes=(torch.float32,))
+        if scale.numel() != 1:
+            raise MoejitInputError(f"scale must hold one element (static per-tensor), got shape {tuple(scale.shape)}")
+    check_same_device(hidden=hidden, topk_ids=topk_ids, scale=scale)
+    return registry.op("fp8_permute_quant")(hidden, topk_ids, num_experts, scale, bool(per_token))
 
 
 def grouped_mm_config(rows: int, num_experts: int, n: int, k: int) -> str:
