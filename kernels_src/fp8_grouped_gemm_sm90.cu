@@ -72,7 +72,7 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
   MOEJIT_CHECK(out_dtype == at::kBFloat16 || out_dtype == at::kHalf || out_dtype == at::kFloat, op,
                ": out_dtype must be bfloat16, float16 or float32");
   MOEJIT_CHECK(config >= 0 && config < static_cast<int64_t>(GemmConfig::kNumConfigs), op, ": unknown config ",
-               config, " (0: swap16, 1: swap32, 2: swap64, 3: swap96, 4: coop128)");
+               config, " (0: swap16, 1: swap32, 2: swap64, 3: swap96, 4: coop128, 5: wide16)");
   MOEJIT_CHECK(k_splits >= 1 && k_splits <= 16 && k % (16 * k_splits) == 0, op, ": k_splits (", k_splits,
                ") must be in [1, 16] and divide K (", k, ") into multiples of 16");
   MOEJIT_CHECK(e * k_splits < (int64_t{1} << 20), op, ": too many groups (E · k_splits)");
@@ -112,6 +112,7 @@ at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, cons
     case GemmConfig::kSwap32: launch_config<GemmConfig::kSwap32>(out_type, p, a); break;
     case GemmConfig::kSwap64: launch_config<GemmConfig::kSwap64>(out_type, p, a); break;
     case GemmConfig::kSwap96: launch_config<GemmConfig::kSwap96>(out_type, p, a); break;
+    case GemmConfig::kWide16: launch_config<GemmConfig::kWide16>(out_type, p, a); break;
     default: launch_config<GemmConfig::kCoop128>(out_type, p, a); break;
   }
   return out;

@@ -17,7 +17,7 @@
 // a per-group pointer and have a *runtime* stride (bool: vector or scalar), so the four scale combinations share
 // one kernel per tile configuration. For decode sizes the problem is swapped (D' = B[e] · A_eᵀ, [N, rows_e],
 // stored column-major, i.e. straight into the row-major out): the wide N dimension then fills the 128-row MMA tile
-// and the handful of tokens becomes a narrow 16/32/64/96 column tile. In the swapped problem the per-token scale is the
+// and the handful of tokens becomes a narrow 16/32/64/96 column tile (wide16: 256 weight rows × 16 tokens). In the swapped problem the per-token scale is the
 // row broadcast and the weight scale the column broadcast.
 //
 // This header is included by the instantiation TUs (fp8_grouped_gemm_sm90_inst_*.cu) only; the host dispatcher
@@ -38,7 +38,8 @@ enum class GemmConfig : int {
   kSwap64 = 2,    // swapped, tile 128×64, ping-pong: small batches (≤ ~32 rows per expert)
   kSwap96 = 3,    // swapped, tile 128×96, ping-pong: ~33-64 rows per expert (one token tile, a third less idle MMA)
   kCoop128 = 4,   // plain, tile 128×128, cooperative, cluster 1×2 (A multicast): prefill
-  kNumConfigs = 5,
+  kWide16 = 5,    // swapped, tile 256×16, ping-pong: decode GEMMs of thousands of short tiles (half the tiles)
+  kNumConfigs = 6,
 };
 
 enum class OutType : int { kBF16 = 0, kFP16 = 1, kF32 = 2 };
@@ -102,11 +103,11 @@ constexpr uint32_t kPromotionInterval = 4;
 template <GemmConfig C>
 struct ConfigTraits;
 
-// The swapped decode tiles: 128 weight rows × kTokens tokens × 128 of K, ping-pong, no cluster.
-template <int kTokens>
+// The swapped decode tiles: kRows weight rows × kTokens tokens × 128 of K, ping-pong, no cluster.
+template <int kTokens, int kRows = 128>
 struct SwappedPingpong {
   static constexpr bool kSwap = true;
-  using TileShape = Shape<_128, Int<kTokens>, _128>;
+  using TileShape = Shape<Int<kRows>, Int<kTokens>, _128>;
   using ClusterShape = Shape<_1, _1, _1>;
   using KernelSchedule = cutlass::gemm::KernelPtrArrayTmaWarpSpecializedPingpong;
   using EpilogueSchedule = cutlass::epilogue::PtrArrayTmaWarpSpecializedPingpong;
@@ -121,6 +122,11 @@ struct ConfigTraits<GemmConfig::kSwap64> : SwappedPingpong<64> {};
 
 template <>
 struct ConfigTraits<GemmConfig::kSwap96> : SwappedPingpong<96> {};
+
+// Twice the weight rows of swap16 per tile: for a decode GEMM of many experts and a short K (Qwen3.6's GEMM2: ~220
+// experts × 16 tiles of K = 512), half the tiles, each group switch and epilogue serving twice the weight bytes.
+template <>
+struct ConfigTraits<GemmConfig::kWide16> : SwappedPingpong<16, 256> {};
 
 template <>
 struct ConfigTraits<GemmConfig::kCoop128> {

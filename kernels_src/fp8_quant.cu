@@ -16,8 +16,6 @@
 #include <cub/block/block_radix_sort.cuh>
 #include <cuda_fp8.h>
 
-#include <cstdlib>
-
 #include "common.h"
 #include "ops.h"
 
@@ -302,18 +300,21 @@ int grid_for(int64_t rows) {
 }
 
 // The split kernel's cluster size for `rows` rows (the tensor's, an upper bound on num_rows) of `cols` columns, or 0
-// for the row-cached kernels. The rule: the largest C of 8, 4, 2 whose rows · C CTAs fit in one CTA per
-// multiprocessor, with at least 32 vectors (256 columns) for each CTA and the row in registers (kMaxVec <= 8).
-// Rows < SMs / 2 is exactly where the row-cached kernels leave most multiprocessors idle (rows CTAs for a block a
-// row, rows / 8 for a warp a row); Mixtral's 8 decode rows of 14336 get C = 8 (64 CTAs), DeepSeek-V3's 32 of 2048
-// C = 4 (128 CTAs).
+// for the row-cached kernels: the largest C of 8, 4, 2 with the CTA's slice in registers (kMaxVec <= 8) and
+//  - few rows: rows · C CTAs fit in one CTA per multiprocessor, at least 32 vectors (256 columns) each. That is
+//    where the row-cached kernels leave most multiprocessors idle; Mixtral's 8 decode rows of 14336 get C = 8 (64
+//    CTAs), DeepSeek-V3's 32 of 2048 C = 4 (128 CTAs);
+//  - or, for rows wider than 2048, up to 4 CTAs per multiprocessor (2 when C = 2), each with a vector for at least
+//    7/8 of its threads: Mixtral's 128 intermediate rows of 14336 (M=64) get C = 4.
+// Measured on an H200 (docs/cutlass_fp8.md, run 7): the second case took 64 × 14336 from 10.1 to 6.1 µs and
+// 128 × 7168 from 6.5 to 5.8; wider caps were slower at 128-256 rows, and at 2048 columns or fewer the block-a-row
+// kernel is as fast.
 int split_cluster_size(int64_t rows, int64_t cols) {
-  // MOEJIT_FP8_SPLIT_WAVES (read on every call, default 1): allow rows · C up to that many CTAs per multiprocessor
-  const char* env = std::getenv("MOEJIT_FP8_SPLIT_WAVES");
-  const int64_t waves = env != nullptr ? std::max(1, std::atoi(env)) : 1;
-  const int64_t sms = sm_count() * waves;
+  const int64_t sms = sm_count();
   for (const int c : {8, 4, 2}) {
-    if (rows * c <= sms && cols >= 256 * c && ceil_div(cols, 8 * c) <= kSplitThreads * 8) return c;
+    if (ceil_div(cols, 8 * c) > kSplitThreads * 8) continue;  // the slice must fit in registers
+    if (rows * c <= sms && cols >= 256 * c) return c;
+    if (cols > 2048 && cols >= 896 * c && rows * c <= (c == 2 ? 2 : 4) * sms) return c;
   }
   return 0;
 }
@@ -360,9 +361,11 @@ bool launch_token_quant_cached(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64
       kernel<<<grid, kThreads, 0, stream>>>(x, q, rows, cols, num_rows, scales);
       return true;
     };
-    // a warp per row up to 2048 columns (Qwen3.6's 512, DeepSeek-V3's 2048 / 256), else the block
+    // a warp per row up to 512 columns (Qwen3.6's 512, DeepSeek-V3 TP8's 256), else the block (up to 2048
+    // columns one vector a thread: a warp a row there gave 8 rows a CTA, too few CTAs below ~2000 rows, and
+    // 116.6 µs against 94.9 for DeepSeek-V3's 16384 rows of 2048 on an H200)
     if (cols <= 32 * 2 * 8) return go(token_quant_cached_kernel<T, R, kGated, 32, 2>, kThreads / 32);
-    if (cols <= 32 * 8 * 8) return go(token_quant_cached_kernel<T, R, kGated, 32, 8>, kThreads / 32);
+    if (cols <= kThreads * 1 * 8) return go(token_quant_cached_kernel<T, R, kGated, kThreads, 1>, 1);
     if (cols <= kThreads * 4 * 8) return go(token_quant_cached_kernel<T, R, kGated, kThreads, 4>, 1);
     if (cols <= kThreads * 8 * 8) return go(token_quant_cached_kernel<T, R, kGated, kThreads, 8>, 1);
     return false;

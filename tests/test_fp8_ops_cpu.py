@@ -13,7 +13,7 @@ FP8 = torch.float8_e4m3fn
 
 @pytest.mark.parametrize("rows, e, want", [
     (8, 8, "swap16"),          # Mixtral decode, M=4 topk=2
-    (64 * 8, 256, "swap16"),   # Qwen M=64 topk=8: 2 rows per expert
+    (64 * 8, 256, "swap16"),   # Qwen M=64 topk=8: 2 rows per expert (K = 4096 here: not wide16)
     (128, 8, "swap32"),        # Mixtral M=64: 16 rows per expert
     (136, 8, "swap64"),        # 17 rows per expert
     (1024 * 8, 256, "swap64"),  # Qwen M=1024: 32 rows per expert
@@ -27,6 +27,21 @@ FP8 = torch.float8_e4m3fn
 def test_grouped_mm_config(rows, e, want):
     assert ops.grouped_mm_config(rows, e, 4096, 4096) == want
     assert want in GEMM_CONFIGS
+
+
+@pytest.mark.parametrize("rows, e, n, k, want", [
+    (64 * 8, 256, 2048, 512, "wide16"),    # Qwen3.6 GEMM2 at M=64: ~220 experts × 16 tiles of 128 rows
+    (16 * 8, 256, 2048, 512, "wide16"),    # M=16: ~101 × 16
+    (4 * 8, 256, 2048, 512, "swap16"),     # M=4: ~30 × 16 = 480 tiles
+    (64 * 8, 256, 1024, 2048, "wide16"),   # Qwen3.6 GEMM1 at M=64: ~220 × 8
+    (16 * 8, 256, 1024, 2048, "swap16"),   # ... at M=16: ~101 × 8 = 810
+    (4 * 8, 256, 7168, 2048, "wide16"),    # DeepSeek-V3 GEMM2 at M=4: ~30 experts × 56 tiles
+    (4 * 8, 256, 4096, 7168, "swap16"),    # its GEMM1: K = 7168
+    (8, 8, 2 * 14336, 4096, "swap16"),     # Mixtral GEMM1 at M=4: K = 4096
+    (8, 8, 4096, 14336, "swap16"),         # Mixtral GEMM2 at M=4 (split over K instead)
+])
+def test_wide_decode_tiles_for_short_k_and_thousands_of_tiles(rows, e, n, k, want):
+    assert ops.grouped_mm_config(rows, e, n, k) == want
 
 
 @pytest.mark.parametrize("rows, e, n, k, config, sms, want", [

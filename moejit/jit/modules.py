@@ -30,7 +30,7 @@ COMMON_NVCC_FLAGS = (
 COMMON_CXX_FLAGS = ("-O3", "-std=c++17", "-DNDEBUG")
 # Tile configurations of the SM90 FP8 grouped GEMM, in the order of GemmConfig (fp8_grouped_gemm_sm90.cuh); each
 # one is a pair of instantiation TUs, fp8_grouped_gemm_sm90_inst_<config>.cu (bf16, fp16) and <config>_f32.cu.
-FP8_GEMM_CONFIGS = ("swap16", "swap32", "swap64", "swap96", "coop128")
+FP8_GEMM_CONFIGS = ("swap16", "swap32", "swap64", "swap96", "coop128", "wide16")
 
 CUTLASS_NVCC_FLAGS = (
     "-DCUTLASS_ENABLE_TENSOR_CORE_MMA=1",

@@ -142,19 +142,37 @@ def fp8_permute_quant(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts:
     return registry.op("fp8_permute_quant")(hidden, topk_ids, num_experts, scale, bool(per_token))
 
 
+# wide16 instead of swap16 for a K this short or shorter and at least this many 128-row weight tiles (4 per tile
+# slot of a 132-multiprocessor GPU, so halving them leaves the waves full).
+_WIDE_MAX_K = 2048
+_WIDE_MIN_TILES = 1024
+
+
+def _experts_hit(rows: int, num_experts: int) -> float:
+    """Experts that ``rows`` uniformly routed rows reach on average: ``E·(1 − (1 − 1/E)^rows)``."""
+    return num_experts * (1.0 - (1.0 - 1.0 / num_experts) ** rows)
+
+
 def grouped_mm_config(rows: int, num_experts: int, n: int, k: int) -> str:
     """The tile configuration :func:`cutlass_fp8_grouped_mm` uses by default, from host-known sizes only.
 
-    The mean rows per expert decides: up to 8, the swapped problem (Bᵀ·Aᵀ) with a 128(N)×16(tokens) tile; up to 16,
-    swapped 128×32; up to 32, swapped 128×64 (room for the spread of a router's counts: an expert whose rows need a
-    second token tile streams its weights twice); up to 64, swapped 128×96 (64 ± 3σ rows still fit one token tile,
-    and a third less of the MMA runs on padding than in a 128-row tile); above, the plain problem with cooperative
-    128×128 tiles in 1×2 clusters. The narrower swapped tiles leave shared memory for more pipeline stages, which is
-    what a weight-streaming GEMM needs. (Measured on an H200, docs/cutlass_fp8.md: at 64 rows per expert 128×96 beat
-    128×128 by 5-12% on the whole layer; at 32, 128×64 stayed the fastest; at 128, 128×128.)
+    The mean rows per expert decides: up to 8, the swapped problem (Bᵀ·Aᵀ) with a 128(N)×16(tokens) tile, or 256×16
+    (``wide16``) when K <= 2048 and the 128-row tiles would number 1024 or more (many experts, each tile a short
+    stream of weights: half the tiles, so each group switch and epilogue serves twice the bytes); up to 16, swapped
+    128×32;
+    up to 32, swapped 128×64 (room for the spread of a router's counts: an expert whose rows need a second token
+    tile streams its weights twice); up to 64, swapped 128×96 (64 ± 3σ rows still fit one token tile, and a third
+    less of the MMA runs on padding than in a 128-row tile); above, the plain problem with cooperative 128×128
+    tiles in 1×2 clusters. The narrower swapped tiles leave shared memory for more pipeline stages, which is what a
+    weight-streaming GEMM needs. (Measured on an H200, docs/cutlass_fp8.md: at 64 rows per expert 128×96 beat
+    128×128 by 5-12% on the whole layer; at 32, 128×64 stayed the fastest; at 128, 128×128. 256×16 took
+    Qwen3.6's M=16-128 GEMM2 (K = 512) 9-12% faster and DeepSeek-V3's M=4-16 GEMM2 (K = 2048) 1-4%, and was
+    within 1% either way on GEMM1s of K = 2048 and 0.5-1.5% slower on those of K = 4096 and 7168.)
     """
     mean_rows = -(-max(rows, 0) // max(num_experts, 1))
     if mean_rows <= 8:
+        if rows > 0 and k <= _WIDE_MAX_K and _experts_hit(rows, num_experts) * -(-n // 128) >= _WIDE_MIN_TILES:
+            return "wide16"
         return "swap16"
     if mean_rows <= 16:
         return "swap32"
@@ -185,8 +203,7 @@ def grouped_mm_k_splits(rows: int, num_experts: int, n: int, k: int, config: str
     """
     if config not in ("swap16", "swap32", "swap64") or rows <= 0 or sm_count <= 0 or num_experts <= 0:
         return 1
-    hit = num_experts * (1.0 - (1.0 - 1.0 / num_experts) ** rows)
-    tiles = hit * -(-n // 128)
+    tiles = _experts_hit(rows, num_experts) * -(-n // 128)
     slots = 2 * sm_count
 
     def efficiency(splits: int) -> float:
