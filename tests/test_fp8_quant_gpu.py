@@ -13,11 +13,13 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     reason="the sm90_fp8 module is built for Hopper (sm_90a) only")]
 
 DTYPES = [torch.bfloat16, torch.float16]
-# (7, 100): the non-vectorized path. Per token, fewer rows than half the multiprocessors split each row over a
-# cluster of CTAs (64 rows of 4096, 5 of 520 and 2 of 14336 and 20480 here; SPLIT_SHAPES below); more rows of up to
-# 16384 columns stay in registers (a warp per row up to 2048, else the block), longer ones take the two-pass kernel
-# (80 × 20480)
-SHAPES = [(1, 16), (7, 100), (64, 4096), (333, 2048), (5, 520), (2, 14336), (3, 20480), (80, 14336), (80, 20480)]
+# (7, 100): the non-vectorized path. Per token (on a 132-multiprocessor GPU), fewer rows than half the
+# multiprocessors split each row over a cluster of CTAs (64 rows of 4096, 5 of 520 and 2 of 14336 and 20480 here;
+# SPLIT_SHAPES below), and so do up to 128 rows wider than 2048 (80 × 14336); more rows stay in registers (a warp per
+# row up to 512 columns, else the block: 333 × 2048 one vector a thread, 300 × 14336 eight), longer ones take the
+# two-pass kernel (300 × 20480)
+SHAPES = [(1, 16), (7, 100), (64, 4096), (333, 2048), (5, 520), (2, 14336), (3, 20480), (80, 14336), (300, 14336),
+          (300, 20480)]
 # Decode-sized row counts of the model widths: the cluster-split per-token kernel (C = 8 up to 16 rows, 4 up to 33,
 # on a 132-multiprocessor GPU)
 SPLIT_SHAPES = [(rows, cols) for rows in (1, 3, 8, 32) for cols in (2048, 4096, 7168, 14336)]
@@ -60,10 +62,11 @@ def test_fp8_quant_matches_reference_exactly(dtype, shape, mode, seeded):
 @pytest.mark.parametrize("dtype, round_dtype", [(torch.bfloat16, None), (torch.float16, None),
                                                 (torch.float32, torch.bfloat16), (torch.float32, torch.float16)])
 # more rows than the row-cached kernels' grids hold at once (8500 for a warp per row, 1100 for a block per row),
-# and past the registers' 16384 columns (80 rows: the two-pass kernel; 2 rows: the cluster split); 40 rows: the
-# cluster split, 80 the block per row
+# and past the registers' 16384 columns (300 rows: the two-pass kernel; 2 and 80 rows: the cluster split); 40 and
+# 80 rows of 14336: the cluster split, 300 the block per row; 128 × 1536: a block per row, a vector a thread
 @pytest.mark.parametrize("shape", [(1, 32), (9, 200), (128, 2 * 1536), (40, 2 * 14336), (80, 2 * 14336),
-                                   (8500, 2 * 256), (1100, 2 * 4096), (2, 2 * 17408), (80, 2 * 17408)])
+                                   (300, 2 * 14336), (8500, 2 * 256), (1100, 2 * 4096), (2, 2 * 17408),
+                                   (80, 2 * 17408), (300, 2 * 17408)])
 @pytest.mark.parametrize("mode", MODES)
 def test_silu_mul_fp8_quant(dtype, round_dtype, shape, mode, seeded):
     x = _x(shape, dtype, seeded)
