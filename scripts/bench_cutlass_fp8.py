@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from moejit import ops  # noqa: E402
 from moejit.bench.profile import profile_report  # noqa: E402
 from moejit.bench.roofline import measure_copy_gbps  # noqa: E402
-from moejit.bench.timing import time_cuda_graph  # noqa: E402
+from moejit.bench.timing import spin_gpu, time_cuda_graph  # noqa: E402
 from moejit.reference import moe_fp8_ref, rel_error  # noqa: E402
 
 # name: (E, topk, K, N, {M: vLLM µs on H200})
@@ -129,6 +129,8 @@ def main() -> int:
                         help="comma-separated tile configurations to time GEMM1, GEMM2 and the layer with")
     parser.add_argument("--variants", nargs="+", default=None,
                         help="environment variants (NAME=VALUE[,NAME=VALUE]) to time the layer under, alternating")
+    parser.add_argument("--warmup-s", type=float, default=2.0,
+                        help="seconds of GPU work before the first timing (clocks up)")
     parser.add_argument("--profile", action="store_true",
                         help="also list every kernel of one call with its device time (torch.profiler)")
     args = parser.parse_args()
@@ -145,6 +147,7 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     results = []
+    spin_gpu(args.warmup_s)
     gen = torch.Generator(device="cuda").manual_seed(0)
     for key in args.shapes.split(","):
         name, e, topk, k, n, vllm = SHAPES[key]

@@ -86,6 +86,23 @@ def _as_list(fn: Union[Fn, Sequence[Fn]]) -> list[Fn]:
     return fns
 
 
+def spin_gpu(seconds: float = 1.0) -> None:
+    """Keep the GPU busy with bf16 matmuls for about ``seconds`` so that its clocks are up before the first timed
+    call (a benchmark's first cell otherwise ran up to 3% slower than the same cell timed later in the process)."""
+    import time
+
+    import torch
+
+    if seconds <= 0:
+        return
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(20):
+            a = (a @ a).clamp_(-1, 1)
+        torch.cuda.synchronize()
+
+
 def time_cuda_graph(fn: Union[Fn, Sequence[Fn]], ops_per_graph: int = 10, warmup: int = 5, iters: int = 50,
                     stream=None, profile: bool = False, label: str = "moejit") -> Timing:
     """Time ``fn`` (which must be CUDA-graph capturable) as µs per call.
