@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from cuda_graphs import capture
 from moejit import ops
 from moejit.errors import MoejitInputError
 from moejit.reference import (moe_permute_ref, moe_problem_sizes_ref, moe_unpermute_ref, rel_error,
@@ -146,15 +147,7 @@ def test_ops_capture_in_cuda_graph(seeded):
             ops.moe_problem_sizes(offsets, 64, k), ops.silu_and_mul(x2)
 
     eager = step()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # warm-up on the side stream, as torch recommends before capture
-        with torch.cuda.graph(graph, stream=stream):
-            captured = step()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph, captured = capture(step)
     for out in captured:
         out.fill_(-1) if out.is_floating_point() else out.fill_(-7)  # poison: replay must rewrite everything
     # New inputs in the same buffers: the replay must follow them.

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from cuda_graphs import capture
 from moejit import ops
 from moejit.errors import MoejitInputError
 from moejit.ops.fp8 import GEMM_CONFIGS
@@ -226,15 +227,7 @@ def test_layer_in_cuda_graph_equals_eager(seeded):
                                        per_out_ch=True)
 
         layer()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            layer()
-            with torch.cuda.graph(graph, stream=stream):
-                captured = [layer() for _ in range(10)]
-        torch.cuda.current_stream().wait_stream(stream)
+        graph, captured = capture(lambda: [layer() for _ in range(10)])
         for out in captured:
             out.fill_(float("nan"))  # poison: the replay must rewrite every output
         a.copy_(torch.randn(a.shape, device="cuda", generator=gen).to(a.dtype))  # new inputs, same buffers

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from cuda_graphs import capture
 from moejit import ops
 from moejit.errors import MoejitInputError
 from moejit.reference import (MIN_SCALE, fp8_dequant_ref, fp8_quant_ref, moe_permute_ref, rel_error,
@@ -228,15 +229,7 @@ def test_quant_captures_in_cuda_graph(seeded):
                 ops.silu_mul_fp8_quant(decode, per_token=True, round_dtype=torch.bfloat16))
 
     step()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-        with torch.cuda.graph(graph, stream=stream):
-            captured = step()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph, captured = capture(step)
     x.copy_(_x((64, 512), torch.bfloat16, seeded, scale=7.0))  # new data: the replay must recompute the scales
     decode.copy_(_x((8, 2 * 14336), torch.float32, seeded, scale=7.0))
     graph.replay()
@@ -341,15 +334,9 @@ def test_permute_quant_captures_in_cuda_graph(seeded):
     ids = _routing(m, topk, e, seeded)
     step = lambda: ops.fp8_permute_quant(x, ids, e, per_token=True)  # noqa: E731
     step()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-        with torch.cuda.graph(graph, stream=stream):
-            captured = step()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph, captured = capture(step)
+    for out in captured:
+        out.view(torch.uint8).fill_(0x7f) if out.dtype == torch.float8_e4m3fn else out.fill_(-7)  # poison
     x.copy_(_x((m, k), torch.bfloat16, seeded, scale=7.0))  # new data and new routing
     ids.copy_(_routing(m, topk, e, seeded))
     graph.replay()

@@ -62,6 +62,18 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return registry.op("silu_and_mul")(x)
 
 
+def check_routing_args(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts: int, hidden_dtypes=None) -> None:
+    """The checks every op that permutes ``hidden [M, K]`` by ``topk_ids [M, topk]`` over ``num_experts`` makes:
+    2-D, contiguous, on one CUDA device, int32/int64 ids, one row of ids per row of hidden, E a positive int."""
+    check_tensor("hidden", hidden, dtypes=hidden_dtypes, ndim=2, contiguous=True)
+    check_tensor("topk_ids", topk_ids, dtypes=_ID_TYPES, ndim=2, contiguous=True)
+    check_same_device(hidden=hidden, topk_ids=topk_ids)
+    if topk_ids.shape[0] != hidden.shape[0]:
+        raise MoejitInputError(f"topk_ids has {topk_ids.shape[0]} rows but hidden has {hidden.shape[0]}")
+    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or not 0 < num_experts < 1 << 30:
+        raise MoejitInputError(f"num_experts must be a positive int, got {num_experts!r}")
+
+
 def moe_permute(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts: int):
     """Group the (token, slot) pairs by expert.
 
@@ -79,13 +91,7 @@ def moe_permute(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts: int):
         over the experts up to 4095 experts, CUB's radix sort past that or with ``MOEJIT_PERMUTE_SORT=cub``), so
         within an expert rows keep token order. Nothing synchronizes with the host.
     """
-    check_tensor("hidden", hidden, ndim=2, contiguous=True)
-    check_tensor("topk_ids", topk_ids, dtypes=_ID_TYPES, ndim=2, contiguous=True)
-    check_same_device(hidden=hidden, topk_ids=topk_ids)
-    if topk_ids.shape[0] != hidden.shape[0]:
-        raise MoejitInputError(f"topk_ids has {topk_ids.shape[0]} rows but hidden has {hidden.shape[0]}")
-    if not isinstance(num_experts, int) or num_experts <= 0:
-        raise MoejitInputError(f"num_experts must be a positive int, got {num_experts!r}")
+    check_routing_args(hidden, topk_ids, num_experts)
     return registry.op("moe_permute")(hidden, topk_ids, num_experts)
 
 

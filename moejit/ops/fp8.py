@@ -15,6 +15,7 @@ from moejit import registry
 from moejit.errors import MoejitInputError
 from moejit.jit.modules import FP8_GEMM_CONFIGS
 from moejit.ops._validate import FLOAT16_TYPES, check_same_device, check_tensor
+from moejit.ops.common import check_routing_args
 
 FP8 = torch.float8_e4m3fn
 _MODULE = "sm90_fp8"
@@ -123,12 +124,7 @@ def fp8_permute_quant(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts:
     token ``sort_idx[p] // topk`` (bit-identical to ``fp8_quant``'s), and ``scale`` per permuted row ``[M·topk, 1]``
     (per token) or a copy of the static scale. Every row is written, dropped slots' included.
     """
-    check_tensor("hidden", hidden, dtypes=FLOAT16_TYPES + (torch.float32,), ndim=2, contiguous=True)
-    check_tensor("topk_ids", topk_ids, dtypes=(torch.int32, torch.int64), ndim=2, contiguous=True)
-    if topk_ids.shape[0] != hidden.shape[0]:
-        raise MoejitInputError(f"topk_ids has {topk_ids.shape[0]} rows but hidden has {hidden.shape[0]}")
-    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or not 0 < num_experts < 1 << 30:
-        raise MoejitInputError(f"num_experts must be a positive int, got {num_experts!r}")
+    check_routing_args(hidden, topk_ids, num_experts, hidden_dtypes=FLOAT16_TYPES + (torch.float32,))
     if topk_ids.numel() > PERMUTE_QUANT_MAX_SLOTS:
         raise MoejitInputError(f"M·topk = {topk_ids.numel()} slots exceeds the {PERMUTE_QUANT_MAX_SLOTS} that "
                                "fp8_permute_quant sorts (use moe_permute and fp8_quant)")
@@ -138,7 +134,7 @@ def fp8_permute_quant(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts:
         check_tensor("scale", scale, dtypes=(torch.float32,))
         if scale.numel() != 1:
             raise MoejitInputError(f"scale must hold one element (static per-tensor), got shape {tuple(scale.shape)}")
-    check_same_device(hidden=hidden, topk_ids=topk_ids, scale=scale)
+    check_same_device(hidden=hidden, scale=scale)
     return registry.op("fp8_permute_quant")(hidden, topk_ids, num_experts, scale, bool(per_token))
 
 
