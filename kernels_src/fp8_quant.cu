@@ -13,6 +13,7 @@
 // expert sort (permute.cu) and this file's static or per-token quantization, writing the permuted e4m3 rows.
 
 #include <cooperative_groups.h>
+#include <cstdlib>
 #include <cub/block/block_radix_sort.cuh>
 #include <cuda_fp8.h>
 
@@ -377,9 +378,10 @@ bool launch_token_quant_cached(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64
 // With n = M · topk <= kPermuteMaxSlots the sort is one block's work, so every CTA sorts all n slots itself in
 // shared memory (a stable block radix sort of the keys: the expert, E for a dropped slot, E + 1 past n) and no
 // CTA waits for another. Block 0 writes the permutation (moe_permute's contract, and its counting sort's stable
-// order); then the CTAs take tokens in turn, each reading its token's row once and writing it quantized to the
-// token's topk sorted positions (per token: with the row's scale as token_quant_kernel computes it; static: the
-// given one). Per-token scales are written per permuted row, as GEMM1 reads them. At decode this is one launch
+// order); then the CTAs take (token, column slice) items in turn, each writing its slice of the token's row
+// quantized to the token's topk sorted positions (per token: with the row's scale as token_quant_kernel computes
+// it, every slice's CTA reducing the whole row; static: the given one). With few tokens a row is split into up to
+// 8 slices, so the topk copies are written by 8 times the CTAs. Per-token scales are written per permuted row, as GEMM1 reads them. At decode this is one launch
 // where the unfused front end takes seven (quantize, the sort's three kernels, the row copy, the scale gather's
 // two), each a few µs of a step that streams the experts' weights for ~250 µs.
 constexpr int kPermuteItems = 4;
@@ -395,9 +397,9 @@ __device__ __forceinline__ int32_t permute_key(const IdT* __restrict__ topk_ids,
 template <typename T, typename IdT, bool kVec, bool kPerToken>
 __global__ void __launch_bounds__(kThreads) permute_quant_kernel(
     const T* __restrict__ x, const IdT* __restrict__ topk_ids, int64_t m, int32_t topk, int32_t num_experts,
-    int32_t key_bits, int64_t cols, const float* __restrict__ static_scale, __nv_fp8_e4m3* __restrict__ q,
-    float* __restrict__ scales, int32_t* __restrict__ offsets, int32_t* __restrict__ sort_idx,
-    int32_t* __restrict__ inv_idx) {
+    int32_t key_bits, int64_t cols, int32_t col_splits, const float* __restrict__ static_scale,
+    __nv_fp8_e4m3* __restrict__ q, float* __restrict__ scales, int32_t* __restrict__ offsets,
+    int32_t* __restrict__ sort_idx, int32_t* __restrict__ inv_idx) {
   using Sort = cub::BlockRadixSort<int32_t, kThreads, kPermuteItems, int32_t>;
   __shared__ typename Sort::TempStorage sort_storage;
   __shared__ int32_t sorted_key[kPermuteMaxSlots];
@@ -431,18 +433,27 @@ __global__ void __launch_bounds__(kThreads) permute_quant_kernel(
       offsets[e] = n;
     }
   }
-  for (int64_t t = blockIdx.x; t < m; t += gridDim.x) {
+  // work item w: token w / col_splits, its column slice w % col_splits (whole 8-vectors when kVec)
+  const int64_t unit = kVec ? 8 : 1;
+  const int64_t slice = ((cols + unit - 1) / unit + col_splits - 1) / col_splits * unit;
+  for (int64_t w = blockIdx.x; w < m * col_splits; w += gridDim.x) {
+    const int64_t t = w / col_splits;
+    const int64_t c_begin = (w % col_splits) * slice;
+    const int64_t c_end = min(cols, c_begin + slice);
     const auto rd = reader<T, T, false>(x, t, cols);
     float s;
     if constexpr (kPerToken) {
+      // every slice's CTA reduces the whole row (L2 hits after the first): the same scale everywhere
       s = scale_from_amax(block_max(thread_row_amax<T, T, false, kVec>(rd)));
-      for (int32_t j = threadIdx.x; j < topk; j += blockDim.x) scales[position[t * topk + j]] = s;
+      if (c_begin == 0) {
+        for (int32_t j = threadIdx.x; j < topk; j += blockDim.x) scales[position[t * topk + j]] = s;
+      }
     } else {
       s = *static_scale;
     }
     const int32_t* dst = position + t * topk;
     if constexpr (kVec) {
-      for (int64_t c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
+      for (int64_t c = c_begin + threadIdx.x * 8; c < c_end; c += blockDim.x * 8) {
         float v[8];
         rd.at8(c, v);
         union { __nv_fp8_e4m3 f[8]; uint2 u; } o;
@@ -451,7 +462,7 @@ __global__ void __launch_bounds__(kThreads) permute_quant_kernel(
         for (int32_t j = 0; j < topk; ++j) *reinterpret_cast<uint2*>(q + dst[j] * cols + c) = o.u;
       }
     } else {
-      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      for (int64_t c = c_begin + threadIdx.x; c < c_end; c += blockDim.x) {
         const __nv_fp8_e4m3 o = to_fp8(rd.at(c), s);
         for (int32_t j = 0; j < topk; ++j) q[dst[j] * cols + c] = o;
       }
@@ -611,7 +622,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fp8_permu
   // keys go up to E + 1 (the padding past n)
   int32_t key_bits = 1;
   while ((int64_t{1} << key_bits) <= num_experts + 1) ++key_bits;
-  const int grid = static_cast<int>(std::min<int64_t>(m, sm_count()));
+  // Few tokens (decode) leave most multiprocessors idle with a CTA a token, and the writes (topk copies of each row)
+  // are the bulk of the work: split each row's columns over up to 8 CTAs, at least 64 vectors of 8 each.
+  // MOEJIT_FP8_PERMUTE_SPLITS=1 keeps a CTA a token (a benchmarking override, read on every call).
+  const int64_t sms = sm_count();
+  int64_t max_splits = 8;
+  if (const char* env = std::getenv("MOEJIT_FP8_PERMUTE_SPLITS"); env && *env) {
+    max_splits = std::max<int64_t>(1, std::min<int64_t>(8, std::atoll(env)));
+  }
+  const int32_t col_splits = static_cast<int32_t>(
+      std::max<int64_t>(1, std::min<int64_t>({max_splits, sms / m, ceil_div(cols, 8 * 64)})));
+  const int grid = static_cast<int>(std::min<int64_t>(m * col_splits, sms));
   const auto e = static_cast<int32_t>(num_experts);
   const auto t = static_cast<int32_t>(topk);
   dispatch_quant_types(hidden.scalar_type(), at::kBFloat16, op, [&](auto* tag, auto*) {
@@ -621,7 +642,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fp8_permu
     auto launch = [&](auto ids, auto vec_tag, auto token_tag) {
       using IdT = std::remove_const_t<std::remove_pointer_t<decltype(ids)>>;
       permute_quant_kernel<T, IdT, decltype(vec_tag)::value, decltype(token_tag)::value>
-          <<<grid, kThreads, 0, stream>>>(xp, ids, m, t, e, key_bits, cols,
+          <<<grid, kThreads, 0, stream>>>(xp, ids, m, t, e, key_bits, cols, col_splits,
                                           per_token ? nullptr : s_out.data_ptr<float>(),
                                           reinterpret_cast<__nv_fp8_e4m3*>(q.data_ptr()),
                                           per_token ? s_out.data_ptr<float>() : nullptr, offsets.data_ptr<int32_t>(),

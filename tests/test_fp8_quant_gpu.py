@@ -277,9 +277,12 @@ def test_reference_on_cuda_equals_the_kernel_where_quotients_tie(amax, seeded):
 
 
 # fp8_permute_quant: (M, K, E, topk) at decode sizes of the three models, one token, repeated and dropped experts,
-# the slot limit (1024), a K that is not a multiple of 8 (the scalar path) and thousands of experts
+# the slot limit (1024), a K that is not a multiple of 8 (the scalar path) and thousands of experts; rows split over
+# several CTAs with an uneven last slice, vectorized (5 × 4104: 8 slices of 65 vectors, the last 58) and scalar
+# (2 × 1028: 3 slices of 343 columns)
 PERMUTE_CASES = [(1, 4096, 8, 2), (4, 4096, 8, 2), (64, 4096, 8, 2), (4, 7168, 256, 8), (64, 2048, 256, 8),
-                 (128, 2048, 256, 8), (512, 64, 8, 2), (1, 16, 1, 1), (3, 100, 5, 3), (7, 7168, 3000, 6)]
+                 (128, 2048, 256, 8), (512, 64, 8, 2), (1, 16, 1, 1), (3, 100, 5, 3), (7, 7168, 3000, 6),
+                 (5, 4104, 8, 2), (2, 1028, 4, 2)]
 
 
 def _routing(m, topk, e, gen, dropped=True):
