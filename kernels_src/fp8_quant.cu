@@ -628,7 +628,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fp8_permu
   const int64_t sms = sm_count();
   int64_t max_splits = 8;
   if (const char* env = std::getenv("MOEJIT_FP8_PERMUTE_SPLITS"); env && *env) {
-    max_splits = std::max<int64_t>(1, std::min<int64_t>(8, std::atoll(env)));
+    char* end = nullptr;
+    const long long value = std::strtoll(env, &end, 10);
+    MOEJIT_CHECK(end != env && *end == '\0' && value >= 1 && value <= 8, op,
+                 ": MOEJIT_FP8_PERMUTE_SPLITS must be an integer from 1 to 8, got '", env, "'");
+    max_splits = value;
   }
   const int32_t col_splits = static_cast<int32_t>(
       std::max<int64_t>(1, std::min<int64_t>({max_splits, sms / m, ceil_div(cols, 8 * 64)})));

@@ -367,3 +367,21 @@ def test_permute_quant_rejects_bad_input():
         ops.fp8_permute_quant(x, ids, 0, per_token=True)
     with pytest.raises(MoejitInputError, match="CUDA"):
         ops.fp8_permute_quant(x.cpu(), ids.cpu(), 8, per_token=True)
+
+
+def test_permute_quant_split_override(monkeypatch, seeded):
+    """MOEJIT_FP8_PERMUTE_SPLITS changes only how a row is spread over CTAs (the bytes are the same); a value that
+    is not an integer from 1 to 8 is an error naming the variable, not a silent 1."""
+    m, k, e, topk = 4, 7168, 256, 8
+    x = _x((m, k), torch.bfloat16, seeded)
+    ids = _routing(m, topk, e, seeded)
+    want = ops.fp8_permute_quant(x, ids, e, per_token=True)
+    for value in ("1", "3", "8"):
+        monkeypatch.setenv("MOEJIT_FP8_PERMUTE_SPLITS", value)
+        got = ops.fp8_permute_quant(x, ids, e, per_token=True)
+        assert torch.equal(_bytes(got[0]), _bytes(want[0]))
+        assert all(torch.equal(g, w) for g, w in zip(got[1:], want[1:]))
+    for value in ("abc", "0", "9", "2x", "-1"):
+        monkeypatch.setenv("MOEJIT_FP8_PERMUTE_SPLITS", value)
+        with pytest.raises(RuntimeError, match="MOEJIT_FP8_PERMUTE_SPLITS must be an integer from 1 to 8"):
+            ops.fp8_permute_quant(x, ids, e, per_token=True)

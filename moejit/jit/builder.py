@@ -33,6 +33,7 @@ from moejit.jit.arch import detect_arch, gencode_flags, normalize_arch
 from moejit.jit.lock import file_lock
 from moejit.jit.modules import JitModule, get_module
 from moejit.jit.paths import cache_root, find_cuda_home, find_cutlass, kernels_src_dir
+from moejit.jit.toolchain import build_cxx, check_library, default_cxx, links_libstdcxx_dynamically
 
 _HEADER_SUFFIXES = (".h", ".cuh", ".hpp", ".inl")
 _HEARTBEAT_S = float(os.environ.get("MOEJIT_BUILD_HEARTBEAT_S", 30))
@@ -198,6 +199,9 @@ def _run_compiler(plan_: BuildPlan, work: Path, jobs: int | None) -> None:
     env["PATH"] = f"{cuda_home / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     # torch's ninja defaults to all cores; a module's translation units are independent so that is what we want.
     env["MAX_JOBS"] = str(jobs or os.cpu_count() or 1)
+    cxx = build_cxx()  # None: the default compiler links the shared libstdc++, as a torch extension must
+    if cxx is not None:
+        env["CXX"] = cxx
     request = {
         "name": f"moejit_{plan_.module.name}",
         "sources": plan_.manifest["sources"],
@@ -226,6 +230,7 @@ def _run_compiler(plan_: BuildPlan, work: Path, jobs: int | None) -> None:
         raise MoejitBuildError(
             f"building moejit module {plan_.module.name!r} for sm_{plan_.arch} failed:\n{_first_errors(text)}\n"
             f"full log: {log_path}", str(log_path))
+    check_library(work / plan_.library.name, cxx or default_cxx())
 
 
 def build(module_name: str, arch: str, jobs: int | None = None, force: bool = False,
@@ -283,6 +288,10 @@ def load(module_name: str) -> Path:
             raise MoejitError(f"moejit modules are already loaded for sm_{_loaded_arch}; "
                               f"one process cannot mix them with sm_{arch}")
         result = build(module_name, arch)
+        if result.cached and links_libstdcxx_dynamically(result.library) is False:
+            # built before this check existed, by a compiler that linked libstdc++ statically (toolchain.py)
+            _log(f"the cached build of '{module_name}' for sm_{arch} carries a static libstdc++; rebuilding it")
+            result = build(module_name, arch, force=True)
         try:
             torch.ops.load_library(str(result.library))
         except OSError as exc:
