@@ -114,8 +114,8 @@ def build_cxx() -> str | None:
         seen.add(os.path.realpath(path))
         if _probe(path):
             print(f"moejit: the C++ compiler {user!r} links libstdc++ statically into shared libraries, which makes "
-                  f"torch extensions crash on C++ error messages; building with {path} instead (set CXX to "
-                  "choose another)", file=sys.stderr, flush=True)
+                  f"torch extensions crash on C++ error messages; building with {path} instead (set CXX to another "
+                  "compiler that links the shared libstdc++ to choose it)", file=sys.stderr, flush=True)
             return path
     raise MoejitBuildError(
         f"the C++ compiler {user!r} links libstdc++ statically into shared libraries (a -static-libstdc++ "
