@@ -23,7 +23,8 @@ def _has_static_libstdcxx() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not _has_static_libstdcxx(), reason="needs g++ with a static libstdc++")
-SOURCE = "#include <sstream>\n#include <string>\nstd::string f(long x) { std::ostringstream s; s << x; return s.str(); }\n"
+SOURCE = ("#include <sstream>\n#include <string>\n"
+          "std::string f(long x) { std::ostringstream s; s << x; return s.str(); }\n")
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +76,14 @@ def test_a_static_libstdcxx_compiler_is_replaced_by_one_that_links_it(monkeypatc
     assert chosen is not None and os.path.realpath(chosen) != os.path.realpath(static_cxx)
     assert toolchain._probe(chosen) is True
     assert "links libstdc++ statically" in capsys.readouterr().err
+
+
+def test_a_compiler_command_line_is_probed_as_one(monkeypatch, static_cxx):
+    """CXX may be a command line (``ccache g++``), as torch's ninja file takes it."""
+    assert toolchain._probe(f"env {GXX}") is True
+    monkeypatch.setenv("CXX", f"env {static_cxx}")
+    assert toolchain._probe(f"env {static_cxx}") is False
+    assert toolchain.build_cxx() is not None
 
 
 def test_no_usable_compiler_is_a_clear_error(monkeypatch, static_cxx):

@@ -16,6 +16,7 @@ reads the library's ELF dynamic section, so a library with a static libstdc++ is
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import struct
 import subprocess
@@ -73,19 +74,20 @@ def links_libstdcxx_dynamically(library: Path) -> bool | None:
 
 
 def _probe(cxx: str) -> bool | None:
-    """Whether ``cxx`` links a small C++ shared library against the shared libstdc++ (None: it could not build one,
-    so the real build will report why). Memoised per compiler."""
+    """Whether ``cxx`` (a command line, as ``CXX`` may be: ``ccache g++``) links a small C++ shared library against
+    the shared libstdc++ (None: it could not build one, so the real build will report why). Memoised per
+    compiler."""
     if cxx not in _probe_cache:
         result: bool | None = None
         with tempfile.TemporaryDirectory(prefix="moejit-cxx-") as tmp:
             source, library = Path(tmp) / "probe.cpp", Path(tmp) / "probe.so"
             source.write_text(_PROBE_SOURCE)
             try:
-                proc = subprocess.run([cxx, "-shared", "-fPIC", "-O1", str(source), "-o", str(library)],
+                proc = subprocess.run([*shlex.split(cxx), "-shared", "-fPIC", "-O1", str(source), "-o", str(library)],
                                       capture_output=True, timeout=120)
                 if proc.returncode == 0:
                     result = links_libstdcxx_dynamically(library)
-            except (OSError, subprocess.SubprocessError):
+            except (OSError, ValueError, subprocess.SubprocessError):
                 result = None
         _probe_cache[cxx] = result
     return _probe_cache[cxx]
