@@ -94,6 +94,21 @@ def _nvcc_version() -> tuple[str, str]:
     return nvcc, release
 
 
+def _cxx_row() -> str:
+    """The host compiler a JIT build links with (moejit.jit.toolchain), or why there is none."""
+    from moejit.jit import toolchain
+
+    user = toolchain.default_cxx()
+    try:
+        chosen = toolchain.build_cxx()
+    except MoejitError as exc:
+        return f"[red]{exc}[/]"
+    if chosen is None:
+        state = "links the shared libstdc++" if toolchain.probe_cxx(user) else "could not link a probe library"
+        return f"{user} ({state})"
+    return f"{chosen} (instead of {user}, which links libstdc++ statically)"
+
+
 @main.command()
 def info() -> None:
     """Show the GPU, toolchain versions, CUTLASS headers, the cache and which modules are built."""
@@ -128,6 +143,7 @@ def info() -> None:
         table.add_row("CUTLASS", f"{cutlass.version} from {cutlass.source}: {cutlass.include}")
     except MoejitError as exc:
         table.add_row("CUTLASS", f"[red]{exc}[/]")
+    table.add_row("C++ compiler", _cxx_row())
     table.add_row("cache", str(jit.cache_root()))
     table.add_row("JIT", "disabled (MOEJIT_DISABLE_JIT)" if os.environ.get("MOEJIT_DISABLE_JIT", "0") not in ("", "0")
                   else "enabled")

@@ -21,7 +21,7 @@ def test_info_runs_and_names_cache(tmp_path, monkeypatch):
         json.dumps({"module": "common", "arch": "80", "key": "abc", "seconds": 12.5, "torch": "x", "built_at": 1}))
     result = CliRunner().invoke(main, ["info"])
     assert result.exit_code == 0, result.output
-    assert "CUTLASS" in result.output and "torch" in result.output
+    assert "CUTLASS" in result.output and "torch" in result.output and "C++ compiler" in result.output
     assert "sm_80" in result.output and "common" in result.output
 
 

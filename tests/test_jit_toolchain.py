@@ -74,15 +74,15 @@ def test_a_static_libstdcxx_compiler_is_replaced_by_one_that_links_it(monkeypatc
     monkeypatch.setenv("CXX", static_cxx)
     chosen = toolchain.build_cxx()
     assert chosen is not None and os.path.realpath(chosen) != os.path.realpath(static_cxx)
-    assert toolchain._probe(chosen) is True
+    assert toolchain.probe_cxx(chosen) is True
     assert "links libstdc++ statically" in capsys.readouterr().err
 
 
 def test_a_compiler_command_line_is_probed_as_one(monkeypatch, static_cxx):
     """CXX may be a command line (``ccache g++``), as torch's ninja file takes it."""
-    assert toolchain._probe(f"env {GXX}") is True
+    assert toolchain.probe_cxx(f"env {GXX}") is True
     monkeypatch.setenv("CXX", f"env {static_cxx}")
-    assert toolchain._probe(f"env {static_cxx}") is False
+    assert toolchain.probe_cxx(f"env {static_cxx}") is False
     assert toolchain.build_cxx() is not None
 
 
@@ -172,3 +172,14 @@ def test_a_cached_static_libstdcxx_library_is_rebuilt_before_loading(monkeypatch
     monkeypatch.setattr(registry, "register_fakes", lambda name: None)
     assert jit_build.load("common") == fresh
     assert builds == [False, True] and loads == [fresh]
+
+
+def test_info_names_the_compiler_a_build_uses(monkeypatch, static_cxx):
+    from click.testing import CliRunner
+
+    from moejit.cli import main
+
+    monkeypatch.setenv("CXX", static_cxx)
+    result = CliRunner().invoke(main, ["info"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "which links libstdc++ statically" in result.output

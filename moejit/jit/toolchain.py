@@ -73,7 +73,7 @@ def links_libstdcxx_dynamically(library: Path) -> bool | None:
     return any(name.startswith("libstdc++.so") for name in needed)
 
 
-def _probe(cxx: str) -> bool | None:
+def probe_cxx(cxx: str) -> bool | None:
     """Whether ``cxx`` (a command line, as ``CXX`` may be: ``ccache g++``) links a small C++ shared library against
     the shared libstdc++ (None: it could not build one, so the real build will report why). Memoised per
     compiler."""
@@ -106,7 +106,7 @@ def build_cxx() -> str | None:
     if sys.platform != "linux":
         return None
     user = default_cxx()
-    if _probe(user) is not False:  # fine, or unusable (then the build itself says why)
+    if probe_cxx(user) is not False:  # fine, or unusable (then the build itself says why)
         return None
     seen = {os.path.realpath(shutil.which(user) or user)}
     for candidate in _FALLBACKS:
@@ -114,7 +114,7 @@ def build_cxx() -> str | None:
         if path is None or os.path.realpath(path) in seen:
             continue
         seen.add(os.path.realpath(path))
-        if _probe(path):
+        if probe_cxx(path):
             print(f"moejit: the C++ compiler {user!r} links libstdc++ statically into shared libraries, which makes "
                   f"torch extensions crash on C++ error messages; building with {path} instead (set CXX to another "
                   "compiler that links the shared libstdc++ to choose it)", file=sys.stderr, flush=True)
