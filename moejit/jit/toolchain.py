@@ -121,7 +121,7 @@ def build_cxx() -> str | None:
             return path
     raise MoejitBuildError(
         f"the C++ compiler {user!r} links libstdc++ statically into shared libraries (a -static-libstdc++ "
-        "wrapper or specs file), and no g++ or c++ on this machine links it dynamically. A torch extension built "
+        "flag in a wrapper or specs file, or a library folder without libstdc++.so), and no g++ or c++ on this machine links it dynamically. A torch extension built "
         "so crashes on its first C++ error message; set CXX to a compiler that links the shared libstdc++.")
 
 
