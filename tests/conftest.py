@@ -44,3 +44,31 @@ def _drop_module_gpu_caches(request):
 
         gc.collect()
         torch.cuda.empty_cache()
+
+
+@pytest.fixture
+def fake_jit_load(monkeypatch):
+    """``moejit.jit.builder.load`` without a compiler. ``setup(stale, fresh, load_library)`` makes ``build``
+    return ``stale`` as the cached library and ``fresh`` when forced to rebuild, and ``torch.ops.load_library``
+    call ``load_library``; it returns the list that records each build's ``force``."""
+    from types import SimpleNamespace
+
+    from moejit import registry
+    from moejit.jit import builder
+
+    def setup(stale, fresh, load_library):
+        builds = []
+
+        def fake_build(name, arch, force=False, **kw):
+            builds.append(force)
+            return builder.BuildResult(SimpleNamespace(library=fresh if force else stale), 0.0, cached=not force)
+
+        monkeypatch.setattr(builder, "build", fake_build)
+        monkeypatch.setattr(builder, "detect_arch", lambda: "90a")
+        monkeypatch.setattr(builder, "_loaded", {})
+        monkeypatch.setattr(builder, "_loaded_arch", None)
+        monkeypatch.setattr(torch.ops, "load_library", load_library)
+        monkeypatch.setattr(registry, "register_fakes", lambda name: None)
+        return builds
+
+    return setup

@@ -244,31 +244,18 @@ def test_failed_build_shows_first_errors_and_log(src_copy):
 
 
 @pytest.mark.parametrize("loads_after_rebuild", [True, False])
-def test_a_cached_library_that_does_not_load_is_rebuilt_once(monkeypatch, tmp_path, loads_after_rebuild):
+def test_a_cached_library_that_does_not_load_is_rebuilt_once(tmp_path, fake_jit_load, loads_after_rebuild):
     """A cached .so copied from another machine (or left by another torch) that fails to load is rebuilt once; a
     fresh build that still fails to load raises."""
-    from types import SimpleNamespace
-
-    from moejit import registry
-
     stale, fresh = tmp_path / "stale.so", tmp_path / "fresh.so"
-    builds, loads = [], []
-
-    def fake_build(name, arch, force=False, **kw):
-        builds.append(force)
-        return jit_build.BuildResult(SimpleNamespace(library=fresh if force else stale), 0.0, cached=not force)
+    loads = []
 
     def fake_load_library(path):
         loads.append(Path(path))
         if Path(path) == stale or not loads_after_rebuild:
             raise OSError(f"{path}: undefined symbol: _ZN3c10xyz")
 
-    monkeypatch.setattr(jit_build, "build", fake_build)
-    monkeypatch.setattr(jit_build, "detect_arch", lambda: "90a")
-    monkeypatch.setattr(jit_build, "_loaded", {})
-    monkeypatch.setattr(jit_build, "_loaded_arch", None)
-    monkeypatch.setattr(torch.ops, "load_library", fake_load_library)
-    monkeypatch.setattr(registry, "register_fakes", lambda name: None)
+    builds = fake_jit_load(stale, fresh, fake_load_library)
     if loads_after_rebuild:
         assert jit_build.load("common") == fresh
     else:

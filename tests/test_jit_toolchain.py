@@ -42,12 +42,16 @@ def static_cxx(tmp_path):
     return str(wrapper)
 
 
-def _library(tmp_path, cxx, name):
-    src = tmp_path / f"{name}.cpp"
+def _link(cxx, directory, name):
+    """Links SOURCE into ``directory/name.so`` with ``cxx``; returns the compiler's exit status."""
+    src = directory / f"{name}.cpp"
     src.write_text(SOURCE)
-    out = tmp_path / f"{name}.so"
-    subprocess.run([cxx, "-shared", "-fPIC", "-O1", str(src), "-o", str(out)], check=True)
-    return out
+    return subprocess.run([cxx, "-shared", "-fPIC", "-O1", str(src), "-o", str(directory / f"{name}.so")]).returncode
+
+
+def _library(tmp_path, cxx, name):
+    assert _link(cxx, tmp_path, name) == 0
+    return tmp_path / f"{name}.so"
 
 
 def test_needed_libraries_tells_a_static_libstdcxx_apart(tmp_path, static_cxx):
@@ -110,11 +114,7 @@ class _FakeWorker:
         request = json.loads(argv[-1])
         cxx = env.get("CXX") or "c++"
         _FakeWorker.envs.append(cxx)
-        work = Path(request["build_directory"])
-        src = work / "probe.cpp"
-        src.write_text(SOURCE)
-        self.returncode = subprocess.run([cxx, "-shared", "-fPIC", "-O1", str(src), "-o",
-                                          str(work / f"{request['name']}.so")]).returncode
+        self.returncode = _link(cxx, Path(request["build_directory"]), request["name"])
 
     def wait(self, timeout=None):
         return self.returncode
@@ -150,26 +150,10 @@ def test_a_static_libstdcxx_library_is_never_published(monkeypatch, static_cxx, 
     assert not jit.plan("common", "80").is_built()
 
 
-def test_a_cached_static_libstdcxx_library_is_rebuilt_before_loading(monkeypatch, tmp_path, static_cxx):
-    from types import SimpleNamespace
-
-    import torch
-
-    from moejit import registry
-
+def test_a_cached_static_libstdcxx_library_is_rebuilt_before_loading(tmp_path, static_cxx, fake_jit_load):
     stale, fresh = _library(tmp_path, static_cxx, "stale"), _library(tmp_path, GXX, "fresh")
-    builds, loads = [], []
-
-    def fake_build(name, arch, force=False, **kw):
-        builds.append(force)
-        return jit_build.BuildResult(SimpleNamespace(library=fresh if force else stale), 0.0, cached=not force)
-
-    monkeypatch.setattr(jit_build, "build", fake_build)
-    monkeypatch.setattr(jit_build, "detect_arch", lambda: "90a")
-    monkeypatch.setattr(jit_build, "_loaded", {})
-    monkeypatch.setattr(jit_build, "_loaded_arch", None)
-    monkeypatch.setattr(torch.ops, "load_library", lambda path: loads.append(Path(path)))
-    monkeypatch.setattr(registry, "register_fakes", lambda name: None)
+    loads = []
+    builds = fake_jit_load(stale, fresh, lambda path: loads.append(Path(path)))
     assert jit_build.load("common") == fresh
     assert builds == [False, True] and loads == [fresh]
 

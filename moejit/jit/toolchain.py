@@ -36,31 +36,34 @@ _DT_NEEDED = 1
 
 def needed_libraries(library: Path) -> list[str] | None:
     """The ``DT_NEEDED`` entries of a 64-bit little-endian ELF shared library, or None where ``library`` is not
-    one (or cannot be read)."""
+    one (or cannot be read). Reads the section headers, the dynamic section and its string table only."""
     try:
-        data = Path(library).read_bytes()
-    except OSError:
-        return None
-    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        return None
-    try:
-        shoff, = struct.unpack_from("<Q", data, 0x28)
-        shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-        sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-        names: list[str] = []
-        for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
-            if kind != _SHT_DYNAMIC:
-                continue
-            strtab_offset = sections[link][4]
-            for pos in range(offset, offset + size, entsize or 16):
-                tag, value = struct.unpack_from("<qQ", data, pos)
-                if tag == 0:
-                    break
-                if tag == _DT_NEEDED:
-                    start = strtab_offset + value
-                    names.append(data[start:data.index(b"\0", start)].decode(errors="replace"))
-        return names
-    except (struct.error, IndexError, ValueError):
+        with open(library, "rb") as f:
+            def read(offset: int, size: int) -> bytes:
+                f.seek(offset)
+                return f.read(size)
+
+            header = read(0, 64)
+            if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+                return None
+            shoff, = struct.unpack_from("<Q", header, 0x28)
+            shentsize, shnum = struct.unpack_from("<HH", header, 0x3A)
+            table = read(shoff, shentsize * shnum)
+            sections = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(shnum)]
+            names: list[str] = []
+            for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
+                if kind != _SHT_DYNAMIC:
+                    continue
+                strtab = read(sections[link][4], sections[link][5])
+                dynamic = read(offset, size)
+                for pos in range(0, len(dynamic) - 15, entsize or 16):
+                    tag, value = struct.unpack_from("<qQ", dynamic, pos)
+                    if tag == 0:
+                        break
+                    if tag == _DT_NEEDED:
+                        names.append(strtab[value:strtab.index(b"\0", value)].decode(errors="replace"))
+            return names
+    except (OSError, struct.error, IndexError, ValueError):
         return None
 
 
@@ -121,8 +124,9 @@ def build_cxx() -> str | None:
             return path
     raise MoejitBuildError(
         f"the C++ compiler {user!r} links libstdc++ statically into shared libraries (a -static-libstdc++ "
-        "flag in a wrapper or specs file, or a library folder without libstdc++.so), and no g++ or c++ on this machine links it dynamically. A torch extension built "
-        "so crashes on its first C++ error message; set CXX to a compiler that links the shared libstdc++.")
+        "flag in a wrapper or specs file, or a library folder without libstdc++.so), and no g++ or c++ on this "
+        "machine links it dynamically. A torch extension built so crashes on its first C++ error message; set CXX "
+        "to a compiler that links the shared libstdc++.")
 
 
 def check_library(library: Path, cxx: str) -> None:
