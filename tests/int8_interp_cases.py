@@ -187,6 +187,11 @@ def test_layer_pipeline_on_cpu(cpu_pipeline, fused_silu, fused_perm, seeded):
     assert out.shape == (m, k) and out.dtype == hidden.dtype
     assert cpu_pipeline[0] == ("permute", (m, 0) if fused_perm else (m, k))
     assert [c for c in cpu_pipeline if c[0] == "mm"] == [("mm", 3), ("mm", 3)]
+    # quantize-then-permute (unfused) and the fused kernel hand GEMM1 the same bytes: the same output, bit for bit
+    other = ops.cutlass_moe_int8_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids, block_size=b,
+                                        super_group_size=s, q_max=16, fused_silu_quant=fused_silu,
+                                        fused_permute_quant=not fused_perm)
+    assert torch.equal(out, other)
     ref = moe_int8_hybrid_ref(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids, b, s, 16, fused_silu_quant=fused_silu)
     # The same arithmetic up to float32 summation order and one bf16 rounding of the output; a rare ±1 step of
     # xq at a rounding boundary (SiLU's exp) adds ~1e-3 at most.

@@ -193,7 +193,7 @@ def test_weight_bytes_and_stage_names():
     s = ModelShape("x", 2, 1, 256, 128)
     assert weight_bytes_int8(s, []) == 2 * s.weight_elements()
     assert weight_bytes_int8(s, ["int8_channel"]) == 3 * s.weight_elements() + 2 * (256 + 256) * 4
-    assert stage_names(False, True) == ["permute", "quant", "GEMM1", "SiLU+quant (fused)", "GEMM2", "unpermute"]
+    assert stage_names(False, True) == ["quant", "permute", "GEMM1", "SiLU+quant (fused)", "GEMM2", "unpermute"]
     assert stage_names(True, True) == ["permute+quant (fused)", "GEMM1", "SiLU+quant (fused)", "GEMM2", "unpermute"]
     assert stage_names(True, False) == ["permute+quant (fused)", "GEMM1", "SiLU·mul", "quant", "GEMM2", "unpermute"]
     assert len(stage_names(False, False)) == 7
@@ -299,7 +299,7 @@ def test_sweep_end_to_end_with_exports(tmp_path, monkeypatch):
     assert len(rows) == len(results) and list(rows[0]) == list(RECORD_FIELDS)
     with open(tmp_path / "o_stages.csv") as fh:
         srows = list(csv.DictReader(fh))
-    assert len(srows) == len(stages) and srows[0]["stage"] == "permute" and "gpu" in srows[0]
+    assert len(srows) == len(stages) and srows[0]["stage"] == "quant" and "gpu" in srows[0]
 
 
 def test_fused_permute_stage_names_and_no_stages(monkeypatch):

@@ -147,6 +147,22 @@ def test_layer_matches_reference(shape, m, fused_silu, fused_perm, seeded):
     assert err <= 1e-2
 
 
+@pytest.mark.parametrize("shape, m", [(QWEN, 1), (QWEN, 333), (QWEN, 4096), (MIXTRAL, 96)],
+                         ids=lambda v: str(v["e"]) if isinstance(v, dict) else str(v))
+def test_unfused_front_end_is_bit_identical(shape, m, seeded):
+    """The unfused front end quantizes the token rows and then permutes their int8 copies with Q and F; the fused
+    kernel quantizes while it scatters. Both hand GEMM1 the same bytes, so the layers agree bit for bit (dropped
+    slots included)."""
+    w13_q, w13_s, w2_q, w2_s = _weights(shape)
+    hidden, ids, tw = _inputs(shape, m, seeded)
+    ids[::5, 0] = -1
+    outs = [ops.cutlass_moe_int8_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids, fused_permute_quant=perm)
+            for perm in (False, True)]
+    assert torch.equal(outs[0], outs[1])
+    ref = moe_int8_hybrid_ref(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids)
+    assert rel_error(outs[0].float(), ref) <= 1e-2
+
+
 def test_layer_dropped_slots_and_env_switches(monkeypatch, seeded):
     """Dropped slots, and the environment switches (the seed's VLLM_ names too) select the same path as the explicit
     arguments: bit-identical output (a switch that were ignored would show), each vs its own reference."""
