@@ -99,6 +99,26 @@ def assert_silu_quant_close(got, ref, x_f32, b, s, q_max):
     assert ((back - x_f32).abs() <= 0.5 * step * (1 + 1e-4) + 1e-6 * x_f32.abs()).all()
 
 
+@pytest.mark.parametrize("m, topk, k, b, s", [(5, 3, 512, 128, 2), (9, 8, 7168, 128, 65), (4, 1, 256, 64, 256)])
+def test_permute_scales_kernel_exact(interpret, m, topk, k, b, s, seeded):
+    """Q and F of the permuted rows equal the token rows' (the unfused runner's front end), for a random
+    permutation; and that front end (quantize, then copy by ``sort_idx``) gives the fused kernel's bytes."""
+    x = _rand(m, k, seeded)
+    xq, q, f = ops.int8_hybrid_quant(x, b, s, 16)
+    sort_idx = torch.randperm(m * topk, generator=seeded).int()
+    q_rows, f_rows = ops.int8_hybrid_permute_scales(q, f, sort_idx, topk)
+    token = sort_idx.long() // topk
+    assert torch.equal(q_rows, q[token]) and torch.equal(f_rows, f[token])
+    fused = ops.int8_hybrid_permute_quant(x, sort_idx, topk, b, s, 16)
+    assert torch.equal(fused[0], xq[token]) and torch.equal(fused[1], q_rows) and torch.equal(fused[2], f_rows)
+    with pytest.raises(MoejitInputError, match="M\\*topk"):
+        ops.int8_hybrid_permute_scales(q, f, sort_idx[1:], topk)
+    with pytest.raises(MoejitInputError, match="q must have dtype"):
+        ops.int8_hybrid_permute_scales(q.float(), f, sort_idx, topk)
+    with pytest.raises(MoejitInputError, match="same rows"):
+        ops.int8_hybrid_permute_scales(q, f[1:], sort_idx, topk)
+
+
 @pytest.mark.parametrize("t, n, b, s, q_max", [(1, 128, 128, 256, 16), (7, 512, 128, 256, 16),
                                                (3, 1024, 128, 3, 16), (5, 256, 64, 5, 4)])
 def test_silu_quant_kernel(interpret, t, n, b, s, q_max, seeded):

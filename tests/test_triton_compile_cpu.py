@@ -107,7 +107,7 @@ def test_int8_hybrid_layer_kernels_compile_for_hopper(compiled, monkeypatch, sha
         assert c.shared <= MAX_SHARED_BYTES, f"{c.kernel} {c.constexprs} needs {c.shared} B of shared memory"
 
 
-@pytest.mark.parametrize("variant", ["plain", "permute", "silu"])
+@pytest.mark.parametrize("variant", ["plain", "permute", "silu", "scales"])
 @pytest.mark.parametrize("k", [2048, 7168])
 def test_int8_hybrid_quantizers_compile_for_hopper(compiled, monkeypatch, variant, k):
     monkeypatch.setattr(int8_quant, "_interpreting", lambda: True)  # lets the wrappers take meta tensors
@@ -117,10 +117,15 @@ def test_int8_hybrid_quantizers_compile_for_hopper(compiled, monkeypatch, varian
     elif variant == "permute":
         int8_quant.int8_hybrid_permute_quant(torch.empty(rows // 8, k, dtype=torch.bfloat16, **META),
                                              torch.empty(rows, dtype=torch.int32, **META), 8)
-    else:
+    elif variant == "silu":
         int8_quant.int8_hybrid_silu_quant(torch.empty(rows, 2 * k, dtype=torch.bfloat16, **META))
+    else:
+        int8_quant.int8_hybrid_permute_scales(torch.empty(rows // 8, k // 128, dtype=torch.int32, **META),
+                                              torch.empty(rows // 8, 1, **META),
+                                              torch.empty(rows, dtype=torch.int32, **META), 8)
     # the permute variant first inverts the permutation (a small kernel) unless it is given the inverse
-    expected = (["_invert_kernel"] if variant == "permute" else []) + ["_int8_hybrid_quant_kernel"]
+    expected = {"permute": ["_invert_kernel", "_int8_hybrid_quant_kernel"], "scales": ["_permute_scales_kernel"]}
+    expected = expected.get(variant, ["_int8_hybrid_quant_kernel"])
     assert [c.kernel for c in compiled] == expected
     assert all(c.shared <= MAX_SHARED_BYTES for c in compiled)
 

@@ -8,6 +8,8 @@ One kernel, three producers selected at compile time:
   once and its int8 row, Q and F are written to the rows of its ``topk`` slots (through the inverse permutation).
   Quantizing each permuted row instead repeated the work ``topk`` times: 246 µs at Qwen3.6-35B-A3B M=8192 on an
   H200, against 125 µs this way (the plain quantizer over the 65536 permuted rows: 162 µs).
+- ``int8_hybrid_permute_scales`` (not a quantizer): the Q and F rows of expert-sorted rows, gathered from the token
+  rows' (the unfused runner quantizes the token rows, then permutes the int8 rows and these).
 - ``int8_hybrid_silu_quant``: GEMM1's output ``[T, 2N]`` (gate ‖ up) → ``silu(gate) · up`` in float32 →
   ``xq int8 [T, N]`` + Q/F, without storing the activation.
 
@@ -47,6 +49,24 @@ def _invert_kernel(perm_ptr, inv_ptr, n, BLOCK: tl.constexpr):
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = p < n
     tl.store(inv_ptr + tl.load(perm_ptr + p, mask=mask, other=0), p, mask=mask)
+
+
+@triton.jit
+def _permute_scales_kernel(sort_idx_ptr, q_ptr, f_ptr, q_out_ptr, f_out_ptr, rows, num_blocks, num_groups,
+                           TOPK: tl.constexpr, BLOCK_R: tl.constexpr, NB_PAD: tl.constexpr, NG_PAD: tl.constexpr):
+    """Rows ``p`` of the block: ``Q_out[p] = Q[sort_idx[p] // TOPK]``, ``F_out[p] = F[sort_idx[p] // TOPK]``."""
+    p = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ok = p < rows
+    src = (tl.load(sort_idx_ptr + p, mask=ok, other=0) // TOPK).to(tl.int64)
+    dst = p.to(tl.int64)
+    cb = tl.arange(0, NB_PAD)
+    mq = ok[:, None] & (cb[None, :] < num_blocks)
+    q = tl.load(q_ptr + src[:, None] * num_blocks + cb[None, :], mask=mq, other=0)
+    tl.store(q_out_ptr + dst[:, None] * num_blocks + cb[None, :], q, mask=mq)
+    cg = tl.arange(0, NG_PAD)
+    mf = ok[:, None] & (cg[None, :] < num_groups)
+    f = tl.load(f_ptr + src[:, None] * num_groups + cg[None, :], mask=mf, other=0.0)
+    tl.store(f_out_ptr + dst[:, None] * num_groups + cg[None, :], f, mask=mf)
 
 
 @triton.jit
@@ -188,6 +208,39 @@ def int8_hybrid_permute_quant(hidden: torch.Tensor, sort_idx: torch.Tensor, topk
         if sort_idx.numel():
             _invert_kernel[(triton.cdiv(sort_idx.numel(), 1024),)](sort_idx, inv_idx, sort_idx.numel(), BLOCK=1024)
     return _launch(hidden, inv_idx, m * topk, k, k, topk, fmt, MODE_SCATTER)
+
+
+def int8_hybrid_permute_scales(q: torch.Tensor, f: torch.Tensor, sort_idx: torch.Tensor, topk: int):
+    """The Q and F rows of permuted rows: ``Q[sort_idx[p] // topk]`` and ``F[sort_idx[p] // topk]`` for every
+    ``p``, in one launch.
+
+    With :func:`moejit.ops.moe_permute` applied to the int8 rows of :func:`int8_hybrid_quant`, this completes the
+    Q/F operand of the expert-sorted rows (the same bytes as quantizing the permuted rows, since the format is a
+    function of each row alone). ``q`` int32 ``[M, K/B]``, ``f`` float32 ``[M, G]`` (contiguous), ``sort_idx``
+    int32 ``[M*topk]``, a permutation of ``[0, M*topk)``. Returns ``(Q int32 [M*topk, K/B], F float32 [M*topk,
+    G])``.
+    """
+    on_cuda = not _interpreting()
+    check_tensor("q", q, dtypes=(torch.int32,), ndim=2, contiguous=True, cuda=on_cuda)
+    check_tensor("f", f, dtypes=(torch.float32,), ndim=2, contiguous=True, cuda=on_cuda)
+    check_tensor("sort_idx", sort_idx, dtypes=(torch.int32,), ndim=1, contiguous=True, cuda=on_cuda)
+    check_same_device(q=q, f=f, sort_idx=sort_idx)
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+        raise MoejitInputError(f"topk must be a positive int, got {topk!r}")
+    m = q.shape[0]
+    if f.shape[0] != m:
+        raise MoejitInputError(f"q and f must have the same rows, got {m} and {f.shape[0]}")
+    if sort_idx.numel() != m * topk:
+        raise MoejitInputError(f"sort_idx has {sort_idx.numel()} entries, expected M*topk = {m * topk}")
+    rows, nb, groups = sort_idx.numel(), q.shape[1], f.shape[1]
+    q_out = torch.empty((rows, nb), dtype=torch.int32, device=q.device)
+    f_out = torch.empty((rows, groups), dtype=torch.float32, device=q.device)
+    if rows and (nb or groups):
+        block_r = 64
+        _permute_scales_kernel[(triton.cdiv(rows, block_r),)](
+            sort_idx, q, f, q_out, f_out, rows, nb, groups, TOPK=topk, BLOCK_R=block_r,
+            NB_PAD=triton.next_power_of_2(max(nb, 1)), NG_PAD=triton.next_power_of_2(max(groups, 1)), num_warps=4)
+    return q_out, f_out
 
 
 def int8_hybrid_silu_quant(x: torch.Tensor, block_size: int = 128, super_group_size: int = 256, q_max: int = 16):

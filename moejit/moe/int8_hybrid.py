@@ -176,7 +176,8 @@ def hybrid_stages(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_i
     as ``(name, fn)`` stages (see :func:`stage_names`); calling the result runs them in order and returns the
     ``[M, K]`` output."""
     # Imported here, not at the top: moejit.ops re-exports this module (see moejit.int8.quant).
-    from moejit.int8.quant import int8_hybrid_permute_quant, int8_hybrid_quant, int8_hybrid_silu_quant
+    from moejit.int8.quant import (int8_hybrid_permute_quant, int8_hybrid_permute_scales, int8_hybrid_quant,
+                                   int8_hybrid_silu_quant)
     from moejit.ops import common
 
     b, s, qm, s_eff = fmt.block_size, fmt.super_group_size, fmt.q_max, fmt.s_eff
@@ -204,8 +205,7 @@ def hybrid_stages(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_i
             # docstring: the same bytes as quantizing the permuted 16-bit rows)
             xq, q, f = st.pop("tokens")
             rows, st["offsets"], sort_idx, st["inv_idx"] = common.moe_permute(xq, topk_ids, num_experts)
-            token = torch.div(sort_idx, topk, rounding_mode="floor")
-            st["a1"] = rows, q.index_select(0, token), f.index_select(0, token)
+            st["a1"] = (rows, *int8_hybrid_permute_scales(q, f, sort_idx, topk))
         stages += [("quant", quant), ("permute", permute)]
 
     def gemm1():
