@@ -160,38 +160,18 @@ __global__ void expert_offsets_kernel(const int32_t* __restrict__ sorted_keys, i
   offsets[e] = static_cast<int32_t>(lo);
 }
 
-// A warp per sorted position p (grid-stride over the positions): copy the source token's row, its lanes over the
-// row's vectors with kExpandUnroll independent loads in flight per lane, and (kWriteInv: the CUB path) record the
-// inverse map. A block per position with one access per thread left the copy latency-bound: 123 us for the int8
-// rows of Qwen3.6-35B-A3B M=8192 (65536 x 2048 bytes, ~1.2 TB/s) on an H200.
-constexpr int kExpandThreads = 256;
-constexpr int kExpandUnroll = 4;
-
+// One block per sorted position: copy the source token's row and (kWriteInv: the CUB path) record the inverse map.
 template <typename VecT, bool kWriteInv>
-__global__ void __launch_bounds__(kExpandThreads) expand_rows_kernel(
-    const VecT* __restrict__ hidden, VecT* __restrict__ rows, const int32_t* __restrict__ sorted_keys,
-    const int32_t* __restrict__ sort_idx, int32_t* __restrict__ inv_idx, int64_t n, int64_t vecs_per_row,
-    int32_t topk, int32_t num_experts) {
-  constexpr int kWarps = kExpandThreads / 32;
-  const int lane = threadIdx.x % 32;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarps;
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32; p < n; p += stride) {
-    const int32_t src = sort_idx[p];
-    if (kWriteInv && lane == 0) inv_idx[src] = sorted_keys[p] < num_experts ? static_cast<int32_t>(p) : -1;
-    const VecT* from = hidden + static_cast<int64_t>(src / topk) * vecs_per_row;
-    VecT* to = rows + p * vecs_per_row;
-    for (int64_t base = lane; base < vecs_per_row; base += 32 * kExpandUnroll) {
-      VecT buf[kExpandUnroll];
-#pragma unroll
-      for (int u = 0; u < kExpandUnroll; ++u) {
-        if (base + 32 * u < vecs_per_row) buf[u] = from[base + 32 * u];
-      }
-#pragma unroll
-      for (int u = 0; u < kExpandUnroll; ++u) {
-        if (base + 32 * u < vecs_per_row) to[base + 32 * u] = buf[u];
-      }
-    }
-  }
+__global__ void expand_rows_kernel(const VecT* __restrict__ hidden, VecT* __restrict__ rows,
+                                   const int32_t* __restrict__ sorted_keys, const int32_t* __restrict__ sort_idx,
+                                   int32_t* __restrict__ inv_idx, int64_t vecs_per_row, int32_t topk,
+                                   int32_t num_experts) {
+  const int64_t p = blockIdx.x;
+  const int32_t src = sort_idx[p];
+  if (kWriteInv && threadIdx.x == 0) inv_idx[src] = sorted_keys[p] < num_experts ? static_cast<int32_t>(p) : -1;
+  const VecT* from = hidden + static_cast<int64_t>(src / topk) * vecs_per_row;
+  VecT* to = rows + p * vecs_per_row;
+  for (int64_t v = threadIdx.x; v < vecs_per_row; v += blockDim.x) to[v] = from[v];
 }
 
 // Loads kVec consecutive elements of T (one 16-byte access when vectorized) as floats.
@@ -289,13 +269,10 @@ void launch_expand(const at::Tensor& hidden, at::Tensor& rows, const int32_t* ke
                    int32_t* inv_idx, int64_t n, int64_t row_bytes, int32_t topk, int32_t num_experts,
                    cudaStream_t stream) {
   const int64_t vecs = row_bytes / static_cast<int64_t>(sizeof(VecT));
-  // enough warps to fill every multiprocessor (8 blocks of 256 threads each), no more than there are positions
-  const int64_t resident = static_cast<int64_t>(sm_count()) *
-                           (2048 / kExpandThreads);
-  const int64_t blocks = std::max<int64_t>(1, std::min(ceil_div(n, int64_t{kExpandThreads / 32}), resident));
-  expand_rows_kernel<VecT, kWriteInv><<<blocks, kExpandThreads, 0, stream>>>(
+  const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, vecs)));
+  expand_rows_kernel<VecT, kWriteInv><<<n, threads, 0, stream>>>(
       reinterpret_cast<const VecT*>(hidden.data_ptr()), reinterpret_cast<VecT*>(rows.data_ptr()), keys, sort_idx,
-      inv_idx, n, vecs, topk, num_experts);
+      inv_idx, vecs, topk, num_experts);
   MOEJIT_CUDA_LAUNCH_CHECK();
 }
 
