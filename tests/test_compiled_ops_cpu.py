@@ -218,7 +218,7 @@ def _hybrid_quant_contract(t, k, block_size, super_group_size, q_max, device):
 def test_int8_hybrid_runner_traces_without_reading_the_device(libraries, monkeypatch, fused_silu_quant,
                                                               fused_permute_quant):
     """The hybrid runner's glue (stages, scale shapes, the split super group) on fake CUDA tensors, its Triton
-    quantizers replaced by their output contract (Triton cannot launch on fake tensors; their values are tested
+    kernels replaced by their output contract (Triton cannot launch on fake tensors; their values are tested
     under the interpreter and on the GPU). K spans 130 blocks: two super groups of at most 65."""
     for module in ("common", "sm80_int8"):
         if module not in libraries:
@@ -236,6 +236,8 @@ def test_int8_hybrid_runner_traces_without_reading_the_device(libraries, monkeyp
     monkeypatch.setattr(quant, "int8_hybrid_permute_quant",
                         lambda h, idx, topk, b, s, qm, inv_idx=None: _hybrid_quant_contract(
                             idx.shape[0], h.shape[1], b, s, qm, h.device))
+    monkeypatch.setattr(quant, "int8_hybrid_permute_scales", lambda q, f, idx, topk: (
+        q.new_empty((idx.shape[0], q.shape[1])), f.new_empty((idx.shape[0], f.shape[1]))))
     m, k, n, e, topk = 37, 130 * 128, 384, 8, 2
     with FakeTensorMode():
         cuda = dict(device="cuda")
