@@ -167,6 +167,17 @@ def _check_act(name: str, x, ndim: int = 2):
     check_tensor(name, x, dtypes=_ACT_TYPES, ndim=ndim, contiguous=True, cuda=not _interpreting())
 
 
+def _check_slot_index(name: str, idx, m: int, topk, **same_device):
+    """``topk`` a positive int and ``idx`` a contiguous int32 ``[M*topk]`` slot index on the device of
+    ``same_device``'s tensors."""
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+        raise MoejitInputError(f"topk must be a positive int, got {topk!r}")
+    check_tensor(name, idx, dtypes=(torch.int32,), ndim=1, contiguous=True, cuda=not _interpreting())
+    check_same_device(**same_device, **{name: idx})
+    if idx.numel() != m * topk:
+        raise MoejitInputError(f"{name} has {idx.numel()} entries, expected M*topk = {m * topk}")
+
+
 def int8_hybrid_quant(x: torch.Tensor, block_size: int = 128, super_group_size: int = 256, q_max: int = 16):
     """Quantize ``x [T, K]`` (bf16/fp16/fp32, contiguous) to the hybrid Q/F format.
 
@@ -193,16 +204,10 @@ def int8_hybrid_permute_quant(hidden: torch.Tensor, sort_idx: torch.Tensor, topk
     """
     fmt = HybridFormat(block_size, super_group_size, q_max)
     _check_act("hidden", hidden)
-    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
-        raise MoejitInputError(f"topk must be a positive int, got {topk!r}")
     m, k = hidden.shape
-    for name, idx in (("sort_idx", sort_idx), ("inv_idx", inv_idx)):
-        if idx is None:
-            continue
-        check_tensor(name, idx, dtypes=(torch.int32,), ndim=1, contiguous=True, cuda=not _interpreting())
-        check_same_device(hidden=hidden, **{name: idx})
-        if idx.numel() != m * topk:
-            raise MoejitInputError(f"{name} has {idx.numel()} entries, expected M*topk = {m * topk}")
+    _check_slot_index("sort_idx", sort_idx, m, topk, hidden=hidden)
+    if inv_idx is not None:
+        _check_slot_index("inv_idx", inv_idx, m, topk, hidden=hidden)
     if inv_idx is None:
         inv_idx = torch.empty_like(sort_idx)
         if sort_idx.numel():
@@ -223,15 +228,10 @@ def int8_hybrid_permute_scales(q: torch.Tensor, f: torch.Tensor, sort_idx: torch
     on_cuda = not _interpreting()
     check_tensor("q", q, dtypes=(torch.int32,), ndim=2, contiguous=True, cuda=on_cuda)
     check_tensor("f", f, dtypes=(torch.float32,), ndim=2, contiguous=True, cuda=on_cuda)
-    check_tensor("sort_idx", sort_idx, dtypes=(torch.int32,), ndim=1, contiguous=True, cuda=on_cuda)
-    check_same_device(q=q, f=f, sort_idx=sort_idx)
-    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
-        raise MoejitInputError(f"topk must be a positive int, got {topk!r}")
     m = q.shape[0]
     if f.shape[0] != m:
         raise MoejitInputError(f"q and f must have the same rows, got {m} and {f.shape[0]}")
-    if sort_idx.numel() != m * topk:
-        raise MoejitInputError(f"sort_idx has {sort_idx.numel()} entries, expected M*topk = {m * topk}")
+    _check_slot_index("sort_idx", sort_idx, m, topk, q=q, f=f)
     rows, nb, groups = sort_idx.numel(), q.shape[1], f.shape[1]
     q_out = torch.empty((rows, nb), dtype=torch.int32, device=q.device)
     f_out = torch.empty((rows, groups), dtype=torch.float32, device=q.device)
