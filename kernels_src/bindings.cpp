@@ -33,10 +33,9 @@ TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
 TORCH_LIBRARY_FRAGMENT(moejit, m) {
   m.def("fp8_quant(Tensor x, Tensor? scale, bool per_token, Tensor? num_rows) -> (Tensor q, Tensor scale)");
   m.def("silu_mul_fp8_quant(Tensor x, Tensor? scale, bool per_token, Tensor? num_rows, ScalarType? round_dtype,"
-        " Tensor? prefetch=None, Tensor? prefetch_offsets=None, int prefetch_bytes=0, int prefetch_rows=0,"
-        " int prefetch_slices=1) -> (Tensor q, Tensor scale)");
+        " Tensor? prefetch=None, Tensor? prefetch_offsets=None, int prefetch_bytes=0) -> (Tensor q, Tensor scale)");
   m.def("fp8_permute_quant(Tensor hidden, Tensor topk_ids, int num_experts, Tensor? scale, bool per_token,"
-        " Tensor? prefetch=None, int prefetch_bytes=0, int prefetch_rows=0)"
+        " Tensor? prefetch=None, int prefetch_bytes=0)"
         " -> (Tensor q, Tensor scale, Tensor expert_offsets, Tensor sort_idx, Tensor inv_idx)");
   m.def("cutlass_fp8_grouped_mm(Tensor a, Tensor b, Tensor expert_offsets, Tensor a_scale, Tensor b_scale,"
         " ScalarType out_dtype, int config, int k_splits=1) -> Tensor");

@@ -113,7 +113,7 @@ __device__ float block_max(float v) {
 // The L2 prefetch of the next GEMM's weights (l2_prefetch.cuh), by warp 0 of every CTA before its own work: the
 // quantizers below are what runs between the layer's GEMMs.
 __device__ __forceinline__ void maybe_prefetch(const L2Prefetch& pf) {
-  if (pf.units > 0 && threadIdx.x < 32) prefetch_from_offsets(pf, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x));
+  if (pf.budget > 0 && threadIdx.x < 32) prefetch_from_offsets(pf, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x));
 }
 
 __device__ __forceinline__ int64_t row_limit(int64_t rows, const int32_t* num_rows) {
@@ -430,7 +430,7 @@ __global__ void __launch_bounds__(kThreads) permute_quant_kernel(
     keys[j] = i < n ? permute_key(topk_ids, i, num_experts) : num_experts + 1;
     slots[j] = i;
   }
-  if (pf.units > 0) {
+  if (pf.budget > 0) {
     // GEMM1's weights into L2 (l2_prefetch.cuh) before the sort: the hit experts as a bitmap of the keys
     // (the host turns the prefetch off for E > kPrefetchMaxExperts)
     __shared__ uint32_t hit_bits[kPrefetchMaxExperts / 32];
@@ -520,22 +520,18 @@ void dispatch_quant_types(at::ScalarType in, at::ScalarType round, const char* o
   }
 }
 
-// The L2Prefetch of an op's optional `prefetch` weights ([E, ..., C], contiguous, on x's device): `bytes` in all,
-// spread over the first `wave_rows` (expert, slice, row) units (0: every unit) of rows cut in `slices` K slices
-// (l2_prefetch.cuh). With `offsets` (int32 [E + 1]) the hit experts come from it. Weights whose base or slice is
-// not a 16-byte multiple prefetch nothing: the prefetch is a hint, never needed for the result.
+// The L2Prefetch of an op's optional `prefetch` weights ([E, ...], contiguous, on x's device) and `bytes` budget;
+// with `offsets` (int32 [E + 1]) the hit experts come from it. A misaligned tensor (base or expert size not a
+// 16-byte multiple) prefetches nothing: the prefetch is a hint, never needed for the result.
 L2Prefetch make_prefetch(const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& offsets,
-                         int64_t bytes, int64_t wave_rows, int64_t slices, const at::Tensor& x, bool needs_offsets,
-                         const char* op) {
+                         int64_t bytes, const at::Tensor& x, bool needs_offsets, const char* op) {
   L2Prefetch pf;
   MOEJIT_CHECK(bytes >= 0, op, ": prefetch_bytes must be >= 0, got ", bytes);
-  MOEJIT_CHECK(wave_rows >= 0, op, ": prefetch_rows must be >= 0, got ", wave_rows);
-  MOEJIT_CHECK(slices >= 1 && slices <= 16, op, ": prefetch_slices must be in [1, 16], got ", slices);
   if (!weights.has_value() || bytes == 0) return pf;
   const at::Tensor& w = *weights;
   MOEJIT_CHECK(w.is_cuda() && w.device() == x.device(), op, ": prefetch must be a CUDA tensor on x's device");
-  MOEJIT_CHECK(w.dim() >= 2 && w.size(0) > 0 && w.is_contiguous(), op,
-               ": prefetch must be a contiguous [E, ..., C] tensor, got ", w.sizes());
+  MOEJIT_CHECK(w.dim() >= 1 && w.size(0) > 0 && w.is_contiguous(), op,
+               ": prefetch must be a contiguous [E, ...] tensor, got ", w.sizes());
   const int64_t e = w.size(0);
   MOEJIT_CHECK(e < (int64_t{1} << 30), op, ": prefetch has too many experts (", e, ")");
   if (needs_offsets) {
@@ -547,27 +543,13 @@ L2Prefetch make_prefetch(const std::optional<at::Tensor>& weights, const std::op
                  ": prefetch_offsets must be contiguous int32 [E + 1] = [", e + 1, "], got ", offsets->sizes());
     pf.offsets = offsets->data_ptr<int32_t>();
   }
-  const int64_t row_bytes = w.size(-1) * static_cast<int64_t>(w.element_size());
-  const int64_t rows = w.numel() / e / w.size(-1);
+  const int64_t expert_bytes = w.numel() / e * static_cast<int64_t>(w.element_size());
   const auto base = reinterpret_cast<uintptr_t>(w.data_ptr());
-  if (rows == 0 || row_bytes % (16 * slices) != 0 || base % 16 != 0) return L2Prefetch{};
-  const int64_t slice_bytes = row_bytes / slices;
-  int64_t units = wave_rows > 0 ? std::min(wave_rows, e * rows * slices) : e * rows * slices;
-  int64_t prefix = std::min(slice_bytes, bytes / units / 16 * 16);
-  if (prefix < 128) {  // too little for every unit: fewer units of one line each
-    prefix = std::min<int64_t>(slice_bytes, 128);
-    units = bytes / prefix;
-  }
-  if (units == 0) return L2Prefetch{};
+  if (expert_bytes == 0 || expert_bytes % 16 != 0 || base % 16 != 0) return L2Prefetch{};
   pf.base = reinterpret_cast<const uint8_t*>(w.data_ptr());
-  pf.expert_bytes = rows * row_bytes;
-  pf.rows = rows;
-  pf.row_bytes = row_bytes;
-  pf.slices = static_cast<int32_t>(slices);
-  pf.prefix = static_cast<int32_t>(prefix);
-  pf.units = units;
+  pf.expert_bytes = expert_bytes;
+  pf.budget = std::min(bytes, e * expert_bytes) / 16 * 16;
   pf.num_experts = static_cast<int32_t>(e);
-  if (const char* env = std::getenv("MOEJIT_L2_PREFETCH_MODE"); env && *env) pf.mode = std::atoi(env);  // PROBE
   return pf;
 }
 
@@ -664,19 +646,17 @@ std::tuple<at::Tensor, at::Tensor> silu_mul_fp8_quant(const at::Tensor& x,
                                                       std::optional<at::ScalarType> round_dtype,
                                                       const std::optional<at::Tensor>& prefetch,
                                                       const std::optional<at::Tensor>& prefetch_offsets,
-                                                      int64_t prefetch_bytes, int64_t prefetch_rows,
-                                                      int64_t prefetch_slices) {
+                                                      int64_t prefetch_bytes) {
   constexpr const char* op = "silu_mul_fp8_quant";
   MOEJIT_CHECK_CUDA(x);
-  const L2Prefetch pf = make_prefetch(prefetch, prefetch_offsets, prefetch_bytes, prefetch_rows, prefetch_slices, x,
-                                      true, op);
+  const L2Prefetch pf = make_prefetch(prefetch, prefetch_offsets, prefetch_bytes, x, true, op);
   return quantize_impl<true>(x, scale, per_token, num_rows, round_dtype, pf, op);
 }
 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fp8_permute_quant(
     const at::Tensor& hidden, const at::Tensor& topk_ids, int64_t num_experts, const std::optional<at::Tensor>& scale,
-    bool per_token, const std::optional<at::Tensor>& prefetch, int64_t prefetch_bytes, int64_t prefetch_rows) {
+    bool per_token, const std::optional<at::Tensor>& prefetch, int64_t prefetch_bytes) {
   constexpr const char* op = "fp8_permute_quant";
   MOEJIT_CHECK_CUDA(hidden);
   MOEJIT_CHECK_CUDA(topk_ids);
@@ -701,7 +681,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fp8_permu
   MOEJIT_CHECK(n <= kPermuteMaxSlots, op, ": M * topk = ", n, " slots, more than the ", kPermuteMaxSlots,
                " one block sorts (use moe_permute and fp8_quant)");
 
-  L2Prefetch pf = make_prefetch(prefetch, std::nullopt, prefetch_bytes, prefetch_rows, 1, hidden, false, op);
+  L2Prefetch pf = make_prefetch(prefetch, std::nullopt, prefetch_bytes, hidden, false, op);
   if (prefetch.has_value()) {
     MOEJIT_CHECK(prefetch->size(0) == num_experts, op, ": prefetch has ", prefetch->size(0), " experts, not ",
                  num_experts);

@@ -52,7 +52,7 @@ def _fp8_quant(x, scale, per_token, num_rows):
 
 
 def _silu_mul_fp8_quant(x, scale, per_token, num_rows, round_dtype=None, prefetch=None, prefetch_offsets=None,
-                        prefetch_bytes=0, prefetch_rows=0, prefetch_slices=1):
+                        prefetch_bytes=0):
     n_cols = x.shape[1] // 2
     xf = x.float()
     v = (F.silu(xf[:, :n_cols]) * xf[:, n_cols:]).to(round_dtype or x.dtype).float()
@@ -83,7 +83,7 @@ def _unpermute(rows, topk_weights, inv_idx, out_dtype=None):
     return moe_unpermute_ref(summed, topk_weights, inv_idx).to(out_dtype or rows.dtype)
 
 
-def _permute_quant(hidden, topk_ids, num_experts, scale, per_token, prefetch=None, prefetch_bytes=0, prefetch_rows=0):
+def _permute_quant(hidden, topk_ids, num_experts, scale, per_token, prefetch=None, prefetch_bytes=0):
     """fp8_permute_quant's contract: moe_permute of fp8_quant's rows, per-token scales per permuted row."""
     q, s = fp8_quant_ref(hidden.float(), scale=scale, per_token=per_token)
     rows, offsets, sort_idx, inv_idx = moe_permute_ref(q, topk_ids, num_experts)
@@ -255,10 +255,10 @@ def test_decode_layer_prefetches_the_next_gemms_weights(seeded, torch_kernels, m
         seen.clear()
         a, w1_q, w2_q, tw, ids, w1_s, w2_s = _layer_inputs(seeded, m, e, topk, k, n, True)
         out = ops.cutlass_moe_fp8(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_act_token=True, per_out_ch=True)
-        x, *_, prefetch, offsets, nbytes, _, _ = seen["silu_mul_fp8_quant"]
+        x, *_, prefetch, offsets, nbytes = seen["silu_mul_fp8_quant"]
         assert nbytes == expect and (prefetch is w2_q) == (expect > 0) and (offsets is not None) == (expect > 0)
         if "fp8_permute_quant" in seen:
-            *_, prefetch1, nbytes1, _ = seen["fp8_permute_quant"]
+            *_, prefetch1, nbytes1 = seen["fp8_permute_quant"]
             assert nbytes1 == expect and (prefetch1 is w1_q) == (expect > 0)
         else:
             assert fused == "unfused" or m * topk > limit

@@ -402,9 +402,8 @@ def _offsets(e, slots, gen):
 @pytest.mark.parametrize("rows, cols, e", [(32, 2048, 256), (512, 512, 256), (128, 14336, 8), (7, 100, 5),
                                            (300, 20480, 8)])
 @pytest.mark.parametrize("mode", MODES)
-# part of the experts (whole rows, or the heads of 100 units of rows cut in 2 K slices); more than every expert holds
-@pytest.mark.parametrize("budget, units, slices", [(1 << 20, 0, 1), (1 << 14, 100, 2), (1 << 40, 0, 3)])
-def test_silu_mul_quant_with_prefetch_is_unchanged(rows, cols, e, mode, budget, units, slices, seeded):
+@pytest.mark.parametrize("budget", [1 << 20, 1 << 40])  # part of the experts; more than every expert holds
+def test_silu_mul_quant_with_prefetch_is_unchanged(rows, cols, e, mode, budget, seeded):
     """The prefetching SiLU·mul quantizer (every kernel it launches: cluster split, row-cached, two-pass, per-tensor)
     writes exactly what the plain one does."""
     x = _x((rows, 2 * cols), torch.float32, seeded)
@@ -413,20 +412,19 @@ def test_silu_mul_quant_with_prefetch_is_unchanged(rows, cols, e, mode, budget, 
     static = (x.float().abs().amax() / 300).reshape(1) if mode == "static" else None
     kw = dict(per_token=mode == "token", round_dtype=torch.bfloat16, num_rows=off[e:])
     q0, s0 = ops.silu_mul_fp8_quant(x, static, **kw)
-    q1, s1 = ops.silu_mul_fp8_quant(x, static, prefetch=w, prefetch_offsets=off, prefetch_bytes=budget,
-                                    prefetch_rows=units, prefetch_slices=slices, **kw)
+    q1, s1 = ops.silu_mul_fp8_quant(x, static, prefetch=w, prefetch_offsets=off, prefetch_bytes=budget, **kw)
     valid = int(off[e])
     assert torch.equal(_bytes(q0)[:valid], _bytes(q1)[:valid])
     assert torch.equal(s0[:valid] if mode == "token" else s0, s1[:valid] if mode == "token" else s1)
 
 
 def test_prefetch_of_misaligned_or_unrouted_weights_is_a_no_op(seeded):
-    """Weights whose base or row size is not a 16-byte multiple, and offsets with no rows at all, prefetch
+    """Weights whose base or expert size is not a 16-byte multiple, and offsets with no rows at all, prefetch
     nothing and change nothing."""
     x = _x((16, 2 * 512), torch.bfloat16, seeded)
     q0, s0 = ops.silu_mul_fp8_quant(x, per_token=True)
     buf = torch.randint(0, 256, (4 * 40 * 10 + 1,), dtype=torch.uint8, device="cuda")
-    for w in (buf[1:].view(4, 40, 10), buf[:-1].view(4, 40, 10)[:, :, :9].contiguous()):  # base + 1; 9-byte rows
+    for w in (buf[1:].view(4, 40, 10), buf[:-1].view(4, 40, 10)[:, :, :9].contiguous()):  # base + 1; 360-byte experts
         for off in (_offsets(4, 16, seeded), torch.zeros(5, dtype=torch.int32, device="cuda")):
             q1, s1 = ops.silu_mul_fp8_quant(x, per_token=True, prefetch=w, prefetch_offsets=off, prefetch_bytes=1 << 20)
             assert torch.equal(_bytes(q0), _bytes(q1)) and torch.equal(s0, s1)
@@ -434,13 +432,13 @@ def test_prefetch_of_misaligned_or_unrouted_weights_is_a_no_op(seeded):
 
 @pytest.mark.parametrize("m, k, e, topk", [(4, 7168, 256, 8), (64, 2048, 256, 8), (64, 4096, 8, 2), (3, 100, 5, 3),
                                            (7, 7168, 3000, 6)])  # 3000 experts: past the bitmap, no prefetch
-@pytest.mark.parametrize("budget, units", [(1 << 20, 0), (1 << 13, 50), (1 << 40, 0)])
-def test_permute_quant_with_prefetch_is_unchanged(m, k, e, topk, budget, units, seeded):
+@pytest.mark.parametrize("budget", [1 << 20, 1 << 40])
+def test_permute_quant_with_prefetch_is_unchanged(m, k, e, topk, budget, seeded):
     x = _x((m, k), torch.bfloat16, seeded)
     ids = _routing(m, topk, e, seeded)
     w = _prefetch_weights(e, 32, 64, seeded)
     plain = ops.fp8_permute_quant(x, ids, e, per_token=True)
-    fetched = ops.fp8_permute_quant(x, ids, e, per_token=True, prefetch=w, prefetch_bytes=budget, prefetch_rows=units)
+    fetched = ops.fp8_permute_quant(x, ids, e, per_token=True, prefetch=w, prefetch_bytes=budget)
     for a, b in zip(plain, fetched):
         assert torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
                            b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b)
@@ -455,9 +453,6 @@ def test_prefetch_arguments_are_checked():
         ops.fp8_permute_quant(x, ids, 4, per_token=True, prefetch=w, prefetch_bytes=16)
     with pytest.raises(MoejitInputError, match="prefetch_bytes"):
         ops.fp8_permute_quant(x, ids, 8, per_token=True, prefetch=w, prefetch_bytes=-1)
-    with pytest.raises(MoejitInputError, match="prefetch_slices"):
-        ops.silu_mul_fp8_quant(x, per_token=True, prefetch=w, prefetch_offsets=off, prefetch_bytes=16,
-                               prefetch_slices=0)
     with pytest.raises(MoejitInputError, match="prefetch must be a torch.Tensor"):
         ops.silu_mul_fp8_quant(x, per_token=True, prefetch=[1], prefetch_offsets=off, prefetch_bytes=16)
     with pytest.raises(MoejitInputError, match="prefetch_offsets must be a torch.Tensor"):

@@ -60,7 +60,7 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
     Returns ``[M, K]`` in ``out_dtype``. Raises :class:`moejit.errors.MoejitInputError` on bad input.
     """
     from moejit.moe.checks import FP8, check_quantized_moe
-    from moejit.moe.prefetch import first_wave_rows, l2_prefetch_bytes
+    from moejit.moe.prefetch import l2_prefetch_bytes
     from moejit.ops.common import moe_permute, moe_unpermute
     from moejit.ops.fp8 import (PERMUTE_QUANT_MAX_SLOTS, cutlass_fp8_grouped_mm, fp8_permute_quant, fp8_quant,
                                 grouped_mm_config, grouped_mm_k_splits, silu_mul_fp8_quant)
@@ -80,26 +80,24 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
 
     decode = m * topk <= PERMUTE_QUANT_MAX_SLOTS
     prefetch = l2_prefetch_bytes(a.device) if decode else 0
-    total = m * topk
-    config1 = grouped_mm_config(total, e, 2 * n, k)
-    config2 = grouped_mm_config(total, e, k, n)
-    splits = grouped_mm_k_splits(total, e, k, n, config2, _sm_count(a.device))
     if (per_act_token or a1_scale is not None) and decode and env_flag(ENV_FUSED_PERMUTE_QUANT, True):
         rows, a_s, offsets, sort_idx, inv_idx = fp8_permute_quant(
             a, topk_ids, e, a1_scale, per_token=per_act_token, prefetch=w1_q if prefetch else None,
-            prefetch_bytes=prefetch, prefetch_rows=first_wave_rows(config1, _sm_count(a.device)))
+            prefetch_bytes=prefetch)
     else:
         a_q, a_s = fp8_quant(a, a1_scale, per_token=per_act_token)
         rows, offsets, sort_idx, inv_idx = moe_permute(a_q, topk_ids, e)
         if per_act_token:
             # the scale of each permuted row's token (index_select takes the int32 index as is: two kernels)
             a_s = a_s.reshape(-1).index_select(0, torch.div(sort_idx, topk, rounding_mode="floor"))
-    inter = cutlass_fp8_grouped_mm(rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32, config=config1)
+    total = rows.shape[0]
+    inter = cutlass_fp8_grouped_mm(rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32,
+                                   config=grouped_mm_config(total, e, 2 * n, k))
     inter_q, inter_s = silu_mul_fp8_quant(inter, a2_scale, per_token=per_act_token, num_rows=offsets[e:],
                                           round_dtype=a.dtype, prefetch=w2_q if prefetch else None,
-                                          prefetch_offsets=offsets, prefetch_bytes=prefetch,
-                                          prefetch_rows=first_wave_rows(config2, _sm_count(a.device)),
-                                          prefetch_slices=splits)
+                                          prefetch_offsets=offsets, prefetch_bytes=prefetch)
+    config2 = grouped_mm_config(total, e, k, n)
+    splits = grouped_mm_k_splits(total, e, k, n, config2, _sm_count(a.device))
     y = cutlass_fp8_grouped_mm(inter_q, w2_q, offsets, inter_s, w2_s,
                                out_dtype=out_dtype if splits == 1 else torch.float32, config=config2,
                                k_splits=splits)

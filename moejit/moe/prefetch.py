@@ -48,15 +48,3 @@ def l2_prefetch_bytes(device: torch.device) -> int:
     else:
         nbytes = int(_l2_bytes(device) * DEFAULT_L2_FRACTION)
     return nbytes // 16 * 16
-
-
-# Weight rows per tile of each cutlass_fp8_grouped_mm configuration (the swapped decode tiles put weight rows on
-# the tile's M side: 128, or 256 for wide16).
-_TILE_WEIGHT_ROWS = {"wide16": 256}
-
-
-def first_wave_rows(config: str, sm_count: int) -> int:
-    """The (K slice, weight row) units the first wave of a grouped GEMM with tile ``config`` starts on: one tile a
-    multiprocessor (the persistent ping-pong kernel's first warp group takes tile ``blockIdx``; the second one's
-    tiles start later), ``rows`` weight rows each. 0 (every unit) where the SM count is unknown."""
-    return sm_count * _TILE_WEIGHT_ROWS.get(config, 128)
