@@ -32,10 +32,9 @@ TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
 // SM90 FP8 module (CUTLASS 3.x grouped GEMMs, FP8 quantization): registrations go here.
 TORCH_LIBRARY_FRAGMENT(moejit, m) {
   m.def("fp8_quant(Tensor x, Tensor? scale, bool per_token, Tensor? num_rows) -> (Tensor q, Tensor scale)");
-  m.def("silu_mul_fp8_quant(Tensor x, Tensor? scale, bool per_token, Tensor? num_rows, ScalarType? round_dtype,"
-        " Tensor? prefetch=None, Tensor? prefetch_offsets=None, int prefetch_bytes=0) -> (Tensor q, Tensor scale)");
-  m.def("fp8_permute_quant(Tensor hidden, Tensor topk_ids, int num_experts, Tensor? scale, bool per_token,"
-        " Tensor? prefetch=None, int prefetch_bytes=0)"
+  m.def("silu_mul_fp8_quant(Tensor x, Tensor? scale, bool per_token, Tensor? num_rows, ScalarType? round_dtype)"
+        " -> (Tensor q, Tensor scale)");
+  m.def("fp8_permute_quant(Tensor hidden, Tensor topk_ids, int num_experts, Tensor? scale, bool per_token)"
         " -> (Tensor q, Tensor scale, Tensor expert_offsets, Tensor sort_idx, Tensor inv_idx)");
   m.def("cutlass_fp8_grouped_mm(Tensor a, Tensor b, Tensor expert_offsets, Tensor a_scale, Tensor b_scale,"
         " ScalarType out_dtype, int config, int k_splits=1) -> Tensor");

@@ -18,7 +18,6 @@
 #include <cuda_fp8.h>
 
 #include "common.h"
-#include "l2_prefetch.cuh"
 #include "ops.h"
 
 namespace moejit {
@@ -110,12 +109,6 @@ __device__ float block_max(float v) {
   return r;
 }
 
-// The L2 prefetch of the next GEMM's weights (l2_prefetch.cuh), by warp 0 of every CTA before its own work: the
-// quantizers below are what runs between the layer's GEMMs.
-__device__ __forceinline__ void maybe_prefetch(const L2Prefetch& pf) {
-  if (pf.budget > 0 && threadIdx.x < 32) prefetch_from_offsets(pf, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x));
-}
-
 __device__ __forceinline__ int64_t row_limit(int64_t rows, const int32_t* num_rows) {
   return num_rows ? min(rows, static_cast<int64_t>(max(*num_rows, 0))) : rows;
 }
@@ -152,9 +145,7 @@ __device__ void quantize_row(const RowReader<T, R, kGated>& rd, __nv_fp8_e4m3* q
 // the unsigned order of the bits is the float order).
 template <typename T, typename R, bool kGated, bool kVec>
 __global__ void tensor_amax_kernel(const T* __restrict__ x, int64_t rows, int64_t cols,
-                                   const int32_t* __restrict__ num_rows, unsigned int* __restrict__ amax_bits,
-                                   const L2Prefetch pf) {
-  maybe_prefetch(pf);
+                                   const int32_t* __restrict__ num_rows, unsigned int* __restrict__ amax_bits) {
   const int64_t limit = row_limit(rows, num_rows);
   float m = 0.0f;
   for (int64_t r = blockIdx.x; r < limit; r += gridDim.x) m = max_nan(m, thread_row_amax<T, R, kGated, kVec>(reader<T, R, kGated>(x, r, cols)));
@@ -169,9 +160,7 @@ template <typename T, typename R, bool kGated, bool kVec>
 __global__ void tensor_quant_kernel(const T* __restrict__ x, __nv_fp8_e4m3* __restrict__ q, int64_t rows,
                                     int64_t cols, const int32_t* __restrict__ num_rows,
                                     const float* __restrict__ static_scale,
-                                    const unsigned int* __restrict__ amax_bits, float* __restrict__ scale_out,
-                                    const L2Prefetch pf) {
-  maybe_prefetch(pf);
+                                    const unsigned int* __restrict__ amax_bits, float* __restrict__ scale_out) {
   const float s = amax_bits ? scale_from_amax(__uint_as_float(*amax_bits)) : *static_scale;
   if (amax_bits && blockIdx.x == 0 && threadIdx.x == 0) *scale_out = s;
   const int64_t limit = row_limit(rows, num_rows);
@@ -183,9 +172,7 @@ __global__ void tensor_quant_kernel(const T* __restrict__ x, __nv_fp8_e4m3* __re
 // Dynamic per-token: one block per row (grid-stride), amax then quantize (the second read hits L1/L2).
 template <typename T, typename R, bool kGated, bool kVec>
 __global__ void token_quant_kernel(const T* __restrict__ x, __nv_fp8_e4m3* __restrict__ q, int64_t rows,
-                                   int64_t cols, const int32_t* __restrict__ num_rows, float* __restrict__ scales,
-                                   const L2Prefetch pf) {
-  maybe_prefetch(pf);
+                                   int64_t cols, const int32_t* __restrict__ num_rows, float* __restrict__ scales) {
   const int64_t limit = row_limit(rows, num_rows);
   for (int64_t r = blockIdx.x; r < limit; r += gridDim.x) {
     const auto rd = reader<T, R, kGated>(x, r, cols);
@@ -238,9 +225,7 @@ __global__ void __launch_bounds__(kThreads) token_quant_cached_kernel(const T* _
                                                                       __nv_fp8_e4m3* __restrict__ q, int64_t rows,
                                                                       int64_t cols,
                                                                       const int32_t* __restrict__ num_rows,
-                                                                      float* __restrict__ scales,
-                                                                      const L2Prefetch pf) {
-  maybe_prefetch(pf);
+                                                                      float* __restrict__ scales) {
   static_assert(kTpr == kThreads || (kTpr <= 32 && 32 % kTpr == 0), "a row's threads: a warp's part or the block");
   constexpr int kRowsPerBlock = kThreads / kTpr;
   const int lane = static_cast<int>(threadIdx.x) % kTpr;
@@ -279,9 +264,7 @@ __global__ void __launch_bounds__(kSplitThreads) token_quant_split_kernel(const 
                                                                           __nv_fp8_e4m3* __restrict__ q,
                                                                           int64_t rows, int64_t cols,
                                                                           const int32_t* __restrict__ num_rows,
-                                                                          float* __restrict__ scales,
-                                                                          const L2Prefetch pf) {
-  maybe_prefetch(pf);
+                                                                          float* __restrict__ scales) {
   namespace cg = cooperative_groups;
   constexpr int kWarps = kSplitThreads / 32;
   __shared__ float warp_max[kWarps];
@@ -339,7 +322,7 @@ int split_cluster_size(int64_t rows, int64_t cols) {
 
 template <typename T, typename R, bool kGated>
 bool launch_token_quant_split(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64_t cols, const int32_t* num_rows,
-                              float* scales, const L2Prefetch& pf, cudaStream_t stream) {
+                              float* scales, cudaStream_t stream) {
   const int cluster = split_cluster_size(rows, cols);
   if (cluster == 0) return false;
   const int64_t vecs_per_cta = ceil_div(cols, 8 * cluster);
@@ -356,7 +339,7 @@ bool launch_token_quant_split(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64_
     config.stream = stream;
     config.attrs = attr;
     config.numAttrs = 1;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, x, q, rows, cols, num_rows, scales, pf));
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, x, q, rows, cols, num_rows, scales));
     return true;
   };
   if (vecs_per_cta <= kSplitThreads * 1) return go(token_quant_split_kernel<T, R, kGated, 1>);
@@ -369,14 +352,14 @@ bool launch_token_quant_split(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64_
 // launches the two-pass one).
 template <typename T, typename R, bool kGated, bool kVec>
 bool launch_token_quant_cached(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64_t cols, const int32_t* num_rows,
-                               float* scales, const L2Prefetch& pf, cudaStream_t stream) {
+                               float* scales, cudaStream_t stream) {
   if constexpr (!kVec) {
     return false;
   } else {
-    if (launch_token_quant_split<T, R, kGated>(x, q, rows, cols, num_rows, scales, pf, stream)) return true;
+    if (launch_token_quant_split<T, R, kGated>(x, q, rows, cols, num_rows, scales, stream)) return true;
     auto go = [&](auto kernel, int rows_per_block) {
       const int grid = grid_for(ceil_div(rows, static_cast<int64_t>(rows_per_block)));
-      kernel<<<grid, kThreads, 0, stream>>>(x, q, rows, cols, num_rows, scales, pf);
+      kernel<<<grid, kThreads, 0, stream>>>(x, q, rows, cols, num_rows, scales);
       return true;
     };
     // a warp per row up to 512 columns (Qwen3.6's 512, DeepSeek-V3 TP8's 256), else the block (up to 2048
@@ -403,7 +386,6 @@ bool launch_token_quant_cached(const T* x, __nv_fp8_e4m3* q, int64_t rows, int64
 // two), each a few µs of a step that streams the experts' weights for ~250 µs.
 constexpr int kPermuteItems = 4;
 constexpr int kPermuteMaxSlots = kThreads * kPermuteItems;
-constexpr int kPrefetchMaxExperts = 2048;  // the front end's hit bitmap (L2 prefetch of GEMM1's weights)
 
 // The sort key of slot i: its expert, or E for a dropped slot (an id outside [0, E)), as permute.cu's slot_key.
 template <typename IdT>
@@ -417,7 +399,7 @@ __global__ void __launch_bounds__(kThreads) permute_quant_kernel(
     const T* __restrict__ x, const IdT* __restrict__ topk_ids, int64_t m, int32_t topk, int32_t num_experts,
     int32_t key_bits, int64_t cols, int32_t col_splits, const float* __restrict__ static_scale,
     __nv_fp8_e4m3* __restrict__ q, float* __restrict__ scales, int32_t* __restrict__ offsets,
-    int32_t* __restrict__ sort_idx, int32_t* __restrict__ inv_idx, const L2Prefetch pf) {
+    int32_t* __restrict__ sort_idx, int32_t* __restrict__ inv_idx) {
   using Sort = cub::BlockRadixSort<int32_t, kThreads, kPermuteItems, int32_t>;
   __shared__ typename Sort::TempStorage sort_storage;
   __shared__ int32_t sorted_key[kPermuteMaxSlots];
@@ -429,22 +411,6 @@ __global__ void __launch_bounds__(kThreads) permute_quant_kernel(
     const int32_t i = static_cast<int32_t>(threadIdx.x) * kPermuteItems + j;
     keys[j] = i < n ? permute_key(topk_ids, i, num_experts) : num_experts + 1;
     slots[j] = i;
-  }
-  if (pf.budget > 0) {
-    // GEMM1's weights into L2 (l2_prefetch.cuh) before the sort: the hit experts as a bitmap of the keys
-    // (the host turns the prefetch off for E > kPrefetchMaxExperts)
-    __shared__ uint32_t hit_bits[kPrefetchMaxExperts / 32];
-    for (int w = threadIdx.x; w < kPrefetchMaxExperts / 32; w += blockDim.x) hit_bits[w] = 0;
-    __syncthreads();
-#pragma unroll
-    for (int j = 0; j < kPermuteItems; ++j) {
-      if (keys[j] < num_experts) atomicOr(&hit_bits[keys[j] >> 5], 1u << (keys[j] & 31));
-    }
-    __syncthreads();
-    if (threadIdx.x < 32) {
-      prefetch_hit_experts(pf, [](int e) { return ((hit_bits[e >> 5] >> (e & 31)) & 1u) != 0; },
-                           static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x));
-    }
   }
   Sort(sort_storage).Sort(keys, slots, 0, key_bits);  // stable: equal keys keep slot order
 #pragma unroll
@@ -520,44 +486,10 @@ void dispatch_quant_types(at::ScalarType in, at::ScalarType round, const char* o
   }
 }
 
-// The L2Prefetch of an op's optional `prefetch` weights ([E, ...], contiguous, on x's device) and `bytes` budget;
-// with `offsets` (int32 [E + 1]) the hit experts come from it. A misaligned tensor (base or expert size not a
-// 16-byte multiple) prefetches nothing: the prefetch is a hint, never needed for the result.
-L2Prefetch make_prefetch(const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& offsets,
-                         int64_t bytes, const at::Tensor& x, bool needs_offsets, const char* op) {
-  L2Prefetch pf;
-  MOEJIT_CHECK(bytes >= 0, op, ": prefetch_bytes must be >= 0, got ", bytes);
-  if (!weights.has_value() || bytes == 0) return pf;
-  const at::Tensor& w = *weights;
-  MOEJIT_CHECK(w.is_cuda() && w.device() == x.device(), op, ": prefetch must be a CUDA tensor on x's device");
-  MOEJIT_CHECK(w.dim() >= 1 && w.size(0) > 0 && w.is_contiguous(), op,
-               ": prefetch must be a contiguous [E, ...] tensor, got ", w.sizes());
-  const int64_t e = w.size(0);
-  MOEJIT_CHECK(e < (int64_t{1} << 30), op, ": prefetch has too many experts (", e, ")");
-  if (needs_offsets) {
-    MOEJIT_CHECK(offsets.has_value(), op, ": prefetch needs prefetch_offsets (the expert offsets, int32 [E + 1])");
-    MOEJIT_CHECK(offsets->is_cuda() && offsets->device() == x.device(), op,
-                 ": prefetch_offsets must be on x's device");
-    MOEJIT_CHECK_DTYPE(*offsets, at::kInt);
-    MOEJIT_CHECK(offsets->dim() == 1 && offsets->size(0) == e + 1 && offsets->is_contiguous(), op,
-                 ": prefetch_offsets must be contiguous int32 [E + 1] = [", e + 1, "], got ", offsets->sizes());
-    pf.offsets = offsets->data_ptr<int32_t>();
-  }
-  const int64_t expert_bytes = w.numel() / e * static_cast<int64_t>(w.element_size());
-  const auto base = reinterpret_cast<uintptr_t>(w.data_ptr());
-  if (expert_bytes == 0 || expert_bytes % 16 != 0 || base % 16 != 0) return L2Prefetch{};
-  pf.base = reinterpret_cast<const uint8_t*>(w.data_ptr());
-  pf.expert_bytes = expert_bytes;
-  pf.budget = std::min(bytes, e * expert_bytes) / 16 * 16;
-  pf.num_experts = static_cast<int32_t>(e);
-  return pf;
-}
-
 template <bool kGated>
 std::tuple<at::Tensor, at::Tensor> quantize_impl(const at::Tensor& x, const std::optional<at::Tensor>& scale,
                                                  bool per_token, const std::optional<at::Tensor>& num_rows,
-                                                 std::optional<at::ScalarType> round_dtype, const L2Prefetch& pf,
-                                                 const char* op) {
+                                                 std::optional<at::ScalarType> round_dtype, const char* op) {
   MOEJIT_CHECK_CUDA(x);
   MOEJIT_CHECK(x.dim() == 2, op, ": x must be 2-D, got ", x.sizes());
   MOEJIT_CHECK_CONTIGUOUS(x);
@@ -609,21 +541,21 @@ std::tuple<at::Tensor, at::Tensor> quantize_impl(const at::Tensor& x, const std:
       constexpr bool kVec = decltype(vec_tag)::value;
       if (per_token) {
         float* sp = s_out.data_ptr<float>();
-        if (!launch_token_quant_cached<T, R, kGated, kVec>(xp, qp, rows, cols, nr, sp, pf, stream)) {
-          token_quant_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(xp, qp, rows, cols, nr, sp, pf);
+        if (!launch_token_quant_cached<T, R, kGated, kVec>(xp, qp, rows, cols, nr, sp, stream)) {
+          token_quant_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(xp, qp, rows, cols, nr, sp);
         }
         MOEJIT_CUDA_LAUNCH_CHECK();
       } else if (is_static) {
         tensor_quant_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(
-            xp, qp, rows, cols, nr, scale->data_ptr<float>(), nullptr, nullptr, pf);
+            xp, qp, rows, cols, nr, scale->data_ptr<float>(), nullptr, nullptr);
         MOEJIT_CUDA_LAUNCH_CHECK();
       } else {
         at::Tensor amax = at::zeros({1}, x.options().dtype(at::kInt));
         auto* bits = reinterpret_cast<unsigned int*>(amax.data_ptr<int32_t>());
-        tensor_amax_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(xp, rows, cols, nr, bits, pf);
+        tensor_amax_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(xp, rows, cols, nr, bits);
         MOEJIT_CUDA_LAUNCH_CHECK();
         tensor_quant_kernel<T, R, kGated, kVec><<<grid, kThreads, 0, stream>>>(xp, qp, rows, cols, nr, nullptr, bits,
-                                                                           s_out.data_ptr<float>(), L2Prefetch{});
+                                                                           s_out.data_ptr<float>());
         MOEJIT_CUDA_LAUNCH_CHECK();
       }
     };
@@ -637,26 +569,20 @@ std::tuple<at::Tensor, at::Tensor> quantize_impl(const at::Tensor& x, const std:
 
 std::tuple<at::Tensor, at::Tensor> fp8_quant(const at::Tensor& x, const std::optional<at::Tensor>& scale,
                                              bool per_token, const std::optional<at::Tensor>& num_rows) {
-  return quantize_impl<false>(x, scale, per_token, num_rows, std::nullopt, L2Prefetch{}, "fp8_quant");
+  return quantize_impl<false>(x, scale, per_token, num_rows, std::nullopt, "fp8_quant");
 }
 
 std::tuple<at::Tensor, at::Tensor> silu_mul_fp8_quant(const at::Tensor& x,
                                                       const std::optional<at::Tensor>& scale, bool per_token,
                                                       const std::optional<at::Tensor>& num_rows,
-                                                      std::optional<at::ScalarType> round_dtype,
-                                                      const std::optional<at::Tensor>& prefetch,
-                                                      const std::optional<at::Tensor>& prefetch_offsets,
-                                                      int64_t prefetch_bytes) {
-  constexpr const char* op = "silu_mul_fp8_quant";
-  MOEJIT_CHECK_CUDA(x);
-  const L2Prefetch pf = make_prefetch(prefetch, prefetch_offsets, prefetch_bytes, x, true, op);
-  return quantize_impl<true>(x, scale, per_token, num_rows, round_dtype, pf, op);
+                                                      std::optional<at::ScalarType> round_dtype) {
+  return quantize_impl<true>(x, scale, per_token, num_rows, round_dtype, "silu_mul_fp8_quant");
 }
 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fp8_permute_quant(
     const at::Tensor& hidden, const at::Tensor& topk_ids, int64_t num_experts, const std::optional<at::Tensor>& scale,
-    bool per_token, const std::optional<at::Tensor>& prefetch, int64_t prefetch_bytes) {
+    bool per_token) {
   constexpr const char* op = "fp8_permute_quant";
   MOEJIT_CHECK_CUDA(hidden);
   MOEJIT_CHECK_CUDA(topk_ids);
@@ -680,13 +606,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fp8_permu
   const int64_t n = m * topk;
   MOEJIT_CHECK(n <= kPermuteMaxSlots, op, ": M * topk = ", n, " slots, more than the ", kPermuteMaxSlots,
                " one block sorts (use moe_permute and fp8_quant)");
-
-  L2Prefetch pf = make_prefetch(prefetch, std::nullopt, prefetch_bytes, hidden, false, op);
-  if (prefetch.has_value()) {
-    MOEJIT_CHECK(prefetch->size(0) == num_experts, op, ": prefetch has ", prefetch->size(0), " experts, not ",
-                 num_experts);
-  }
-  if (num_experts > kPrefetchMaxExperts) pf = L2Prefetch{};
 
   const c10::cuda::CUDAGuard guard(hidden.device());
   cudaStream_t stream = current_stream();
@@ -731,7 +650,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fp8_permu
                                           per_token ? nullptr : s_out.data_ptr<float>(),
                                           reinterpret_cast<__nv_fp8_e4m3*>(q.data_ptr()),
                                           per_token ? s_out.data_ptr<float>() : nullptr, offsets.data_ptr<int32_t>(),
-                                          sort_idx.data_ptr<int32_t>(), inv_idx.data_ptr<int32_t>(), pf);
+                                          sort_idx.data_ptr<int32_t>(), inv_idx.data_ptr<int32_t>());
       MOEJIT_CUDA_LAUNCH_CHECK();
     };
     auto with_token = [&](auto ids, auto vec_tag) {

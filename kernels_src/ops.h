@@ -31,14 +31,11 @@ std::tuple<at::Tensor, at::Tensor> fp8_quant(const at::Tensor& x, const std::opt
 std::tuple<at::Tensor, at::Tensor> silu_mul_fp8_quant(const at::Tensor& x,
                                                       const std::optional<at::Tensor>& scale, bool per_token,
                                                       const std::optional<at::Tensor>& num_rows,
-                                                      std::optional<at::ScalarType> round_dtype,
-                                                      const std::optional<at::Tensor>& prefetch,
-                                                      const std::optional<at::Tensor>& prefetch_offsets,
-                                                      int64_t prefetch_bytes);
+                                                      std::optional<at::ScalarType> round_dtype);
 // (q, scale, expert_offsets, sort_idx, inv_idx): moe_permute + fp8_quant for up to 1024 slots, one launch.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fp8_permute_quant(
     const at::Tensor& hidden, const at::Tensor& topk_ids, int64_t num_experts, const std::optional<at::Tensor>& scale,
-    bool per_token, const std::optional<at::Tensor>& prefetch, int64_t prefetch_bytes);
+    bool per_token);
 // fp8_grouped_gemm_sm90.cu
 at::Tensor cutlass_fp8_grouped_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& expert_offsets,
                                   const at::Tensor& a_scale, const at::Tensor& b_scale, at::ScalarType out_dtype,

@@ -19,7 +19,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import moejit.errors
 import moejit.moe.checks
 import moejit.ops.common
 import moejit.ops.fp8
@@ -51,8 +50,7 @@ def _fp8_quant(x, scale, per_token, num_rows):
     return _quant_contract(x.float(), scale, per_token, _limit(x, num_rows), x.shape[0])
 
 
-def _silu_mul_fp8_quant(x, scale, per_token, num_rows, round_dtype=None, prefetch=None, prefetch_offsets=None,
-                        prefetch_bytes=0):
+def _silu_mul_fp8_quant(x, scale, per_token, num_rows, round_dtype=None):
     n_cols = x.shape[1] // 2
     xf = x.float()
     v = (F.silu(xf[:, :n_cols]) * xf[:, n_cols:]).to(round_dtype or x.dtype).float()
@@ -83,7 +81,7 @@ def _unpermute(rows, topk_weights, inv_idx, out_dtype=None):
     return moe_unpermute_ref(summed, topk_weights, inv_idx).to(out_dtype or rows.dtype)
 
 
-def _permute_quant(hidden, topk_ids, num_experts, scale, per_token, prefetch=None, prefetch_bytes=0):
+def _permute_quant(hidden, topk_ids, num_experts, scale, per_token):
     """fp8_permute_quant's contract: moe_permute of fp8_quant's rows, per-token scales per permuted row."""
     q, s = fp8_quant_ref(hidden.float(), scale=scale, per_token=per_token)
     rows, offsets, sort_idx, inv_idx = moe_permute_ref(q, topk_ids, num_experts)
@@ -231,39 +229,3 @@ def test_more_slots_than_one_block_sorts_take_the_unfused_front_end(seeded, torc
         assert ("fp8_permute_quant" in called) == expect_fused
         ref = moe_fp8_ref(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_act_token=True)
         assert rel_error(out, ref) <= 1e-2
-
-
-def test_decode_layer_prefetches_the_next_gemms_weights(seeded, torch_kernels, monkeypatch):
-    """At decode (up to PERMUTE_QUANT_MAX_SLOTS slots) the front end gets GEMM1's weights and the SiLU·mul quantizer
-    GEMM2's weights and expert offsets to prefetch, with MOEJIT_L2_PREFETCH_MB's budget; 0 turns it off, and past
-    the slot limit (not decode) nothing is prefetched. The result does not change."""
-    fused, _ = torch_kernels
-    k, n, e, topk = 32, 16, 4, 2
-    seen = {}
-
-    def recording(name, impl):
-        def op(*args):
-            seen[name] = args
-            return impl(*args)
-        return op
-
-    for name in ("fp8_permute_quant", "silu_mul_fp8_quant"):
-        monkeypatch.setitem(TORCH_OPS, name, recording(name, TORCH_OPS[name]))
-    limit = moejit.ops.fp8.PERMUTE_QUANT_MAX_SLOTS
-    for m, mib, expect in ((8, "2", 2 << 20), (8, "0", 0), (limit // topk + 1, "2", 0)):
-        monkeypatch.setenv("MOEJIT_L2_PREFETCH_MB", mib)
-        seen.clear()
-        a, w1_q, w2_q, tw, ids, w1_s, w2_s = _layer_inputs(seeded, m, e, topk, k, n, True)
-        out = ops.cutlass_moe_fp8(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_act_token=True, per_out_ch=True)
-        x, *_, prefetch, offsets, nbytes = seen["silu_mul_fp8_quant"]
-        assert nbytes == expect and (prefetch is w2_q) == (expect > 0) and (offsets is not None) == (expect > 0)
-        if "fp8_permute_quant" in seen:
-            *_, prefetch1, nbytes1 = seen["fp8_permute_quant"]
-            assert nbytes1 == expect and (prefetch1 is w1_q) == (expect > 0)
-        else:
-            assert fused == "unfused" or m * topk > limit
-        ref = moe_fp8_ref(a, w1_q, w2_q, tw, ids, w1_s, w2_s, per_act_token=True)
-        assert rel_error(out, ref) <= 1e-2
-    monkeypatch.setenv("MOEJIT_L2_PREFETCH_MB", "lots")
-    with pytest.raises(moejit.errors.MoejitInputError, match="MOEJIT_L2_PREFETCH_MB"):
-        ops.cutlass_moe_fp8(a[:8], w1_q, w2_q, tw[:8], ids[:8], w1_s, w2_s, per_act_token=True, per_out_ch=True)

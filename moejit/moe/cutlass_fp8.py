@@ -17,10 +17,6 @@ PERMUTE_QUANT_MAX_SLOTS (1024) slots with a static or per-token input scale, the
 of per-token scales) are one launch, ``fp8_permute_quant``: at decode the front end's seven small kernels cost
 more than their work. ``MOEJIT_FP8_FUSED_PERMUTE_QUANT=0`` (read at call time) turns that off.
 
-At decode (up to PERMUTE_QUANT_MAX_SLOTS slots) the fused front end and the SiLU·mul + quantize kernel also bring
-the first bytes of the next GEMM's weights into L2 while HBM would idle (moejit.moe.prefetch; its budget is
-``MOEJIT_L2_PREFETCH_MB``).
-
 GEMM1 stores float32 so that SiLU sees the unrounded product: rounding it to bf16 first and then quantizing the
 SiLU output to e4m3 moves ~6% of the intermediate values by one e4m3 step, a ~1.6% relative error of the layer
 against the exact FP8 simulation (moejit.reference.moe_fp8_ref). The extra bytes matter only at large M.
@@ -60,7 +56,6 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
     Returns ``[M, K]`` in ``out_dtype``. Raises :class:`moejit.errors.MoejitInputError` on bad input.
     """
     from moejit.moe.checks import FP8, check_quantized_moe
-    from moejit.moe.prefetch import l2_prefetch_bytes
     from moejit.ops.common import moe_permute, moe_unpermute
     from moejit.ops.fp8 import (PERMUTE_QUANT_MAX_SLOTS, cutlass_fp8_grouped_mm, fp8_permute_quant, fp8_quant,
                                 grouped_mm_config, grouped_mm_k_splits, silu_mul_fp8_quant)
@@ -78,12 +73,9 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
     if w1_s.shape[1] == 1:
         w1_s, w2_s = w1_s.reshape(e), w2_s.reshape(e)
 
-    decode = m * topk <= PERMUTE_QUANT_MAX_SLOTS
-    prefetch = l2_prefetch_bytes(a.device) if decode else 0
-    if (per_act_token or a1_scale is not None) and decode and env_flag(ENV_FUSED_PERMUTE_QUANT, True):
-        rows, a_s, offsets, sort_idx, inv_idx = fp8_permute_quant(
-            a, topk_ids, e, a1_scale, per_token=per_act_token, prefetch=w1_q if prefetch else None,
-            prefetch_bytes=prefetch)
+    if ((per_act_token or a1_scale is not None) and m * topk <= PERMUTE_QUANT_MAX_SLOTS
+            and env_flag(ENV_FUSED_PERMUTE_QUANT, True)):
+        rows, a_s, offsets, sort_idx, inv_idx = fp8_permute_quant(a, topk_ids, e, a1_scale, per_token=per_act_token)
     else:
         a_q, a_s = fp8_quant(a, a1_scale, per_token=per_act_token)
         rows, offsets, sort_idx, inv_idx = moe_permute(a_q, topk_ids, e)
@@ -94,8 +86,7 @@ def cutlass_moe_fp8(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, top
     inter = cutlass_fp8_grouped_mm(rows, w1_q, offsets, a_s, w1_s, out_dtype=torch.float32,
                                    config=grouped_mm_config(total, e, 2 * n, k))
     inter_q, inter_s = silu_mul_fp8_quant(inter, a2_scale, per_token=per_act_token, num_rows=offsets[e:],
-                                          round_dtype=a.dtype, prefetch=w2_q if prefetch else None,
-                                          prefetch_offsets=offsets, prefetch_bytes=prefetch)
+                                          round_dtype=a.dtype)
     config2 = grouped_mm_config(total, e, k, n)
     splits = grouped_mm_k_splits(total, e, k, n, config2, _sm_count(a.device))
     y = cutlass_fp8_grouped_mm(inter_q, w2_q, offsets, inter_s, w2_s,

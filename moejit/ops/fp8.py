@@ -32,8 +32,7 @@ def _fp8_quant_fake(x, scale, per_token, num_rows):
 
 
 @registry.define("silu_mul_fp8_quant", module=_MODULE)
-def _silu_mul_fp8_quant_fake(x, scale, per_token, num_rows, round_dtype=None, prefetch=None, prefetch_offsets=None,
-                             prefetch_bytes=0):
+def _silu_mul_fp8_quant_fake(x, scale, per_token, num_rows, round_dtype=None):
     rows = x.shape[0]
     return (x.new_empty((rows, x.shape[1] // 2), dtype=FP8),
             x.new_empty((rows, 1) if per_token else (1,), dtype=torch.float32))
@@ -44,7 +43,7 @@ PERMUTE_QUANT_MAX_SLOTS = 1024
 
 
 @registry.define("fp8_permute_quant", module=_MODULE)
-def _fp8_permute_quant_fake(hidden, topk_ids, num_experts, scale, per_token, prefetch=None, prefetch_bytes=0):
+def _fp8_permute_quant_fake(hidden, topk_ids, num_experts, scale, per_token):
     n = topk_ids.shape[0] * topk_ids.shape[1]
     i32 = dict(dtype=torch.int32, device=hidden.device)
     return (hidden.new_empty((n, hidden.shape[1]), dtype=FP8),
@@ -89,43 +88,14 @@ def fp8_quant(x: torch.Tensor, scale: torch.Tensor | None = None, per_token: boo
     return registry.op("fp8_quant")(x, scale, bool(per_token), num_rows)
 
 
-def _check_prefetch(x: torch.Tensor, prefetch, prefetch_bytes, num_experts: int | None) -> None:
-    """The optional L2 prefetch arguments of the quantizers that run before a GEMM (see :func:`silu_mul_fp8_quant`)."""
-    if isinstance(prefetch_bytes, bool) or not isinstance(prefetch_bytes, int) or prefetch_bytes < 0:
-        raise MoejitInputError(f"prefetch_bytes must be an int >= 0, got {prefetch_bytes!r}")
-    if prefetch is None:
-        return
-    check_tensor("prefetch", prefetch, contiguous=True)
-    check_same_device(x=x, prefetch=prefetch)
-    if prefetch.dim() < 1 or prefetch.shape[0] == 0:
-        raise MoejitInputError(f"prefetch must be [E, ...] expert weights, got shape {tuple(prefetch.shape)}")
-    if num_experts is not None and prefetch.shape[0] != num_experts:
-        raise MoejitInputError(f"prefetch has {prefetch.shape[0]} experts, expected {num_experts}")
-
-
 def silu_mul_fp8_quant(x: torch.Tensor, scale: torch.Tensor | None = None, per_token: bool = False,
                        num_rows: torch.Tensor | None = None,
-                       round_dtype: torch.dtype | None = None, *, prefetch: torch.Tensor | None = None,
-                       prefetch_offsets: torch.Tensor | None = None,
-                       prefetch_bytes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                       round_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused SwiGLU + quantization: quantizes ``silu(x[:, :N]) * x[:, N:]`` (computed in float32, rounded to the
     16-bit activation dtype as an unfused layer would store it) exactly like :func:`fp8_quant`. ``x [T, 2N]``
     bf16/fp16 (rounded to its own dtype) or float32 (rounded to ``round_dtype``, required); returns
-    ``(q [T, N] fp8, scale)``.
-
-    L2 prefetch (a performance hint; the result does not depend on it): with ``prefetch`` (the next GEMM's weights
-    ``[E, ...]``, contiguous), ``prefetch_offsets`` (its expert offsets, int32 ``[E + 1]``) and ``prefetch_bytes``
-    > 0, the kernel also brings the first ``prefetch_bytes`` of the weights of the experts that have rows, in
-    expert order (what a grouped GEMM's first tiles read), into L2 while it runs. A tensor whose base or expert
-    size is not a multiple of 16 bytes prefetches nothing."""
+    ``(q [T, N] fp8, scale)``."""
     _check_quant_args("x", x, scale, per_token, num_rows)
-    _check_prefetch(x, prefetch, prefetch_bytes, None)
-    if prefetch is not None:
-        check_tensor("prefetch_offsets", prefetch_offsets, dtypes=(torch.int32,), contiguous=True)
-        check_same_device(x=x, prefetch_offsets=prefetch_offsets)
-        if prefetch_offsets.dim() != 1 or prefetch_offsets.numel() != prefetch.shape[0] + 1:
-            raise MoejitInputError(f"prefetch_offsets must be int32 [E + 1] = [{prefetch.shape[0] + 1}], got shape "
-                                   f"{tuple(prefetch_offsets.shape)}")
     if x.shape[1] % 2:
         raise MoejitInputError(f"x's last dimension must be even (gate ‖ up), got {x.shape[1]}")
     if x.dtype == torch.float32:
@@ -134,14 +104,11 @@ def silu_mul_fp8_quant(x: torch.Tensor, scale: torch.Tensor | None = None, per_t
     elif round_dtype not in (None, x.dtype):
         raise MoejitInputError(f"round_dtype applies to float32 x only (x is {x.dtype}, round_dtype {round_dtype})")
     return registry.op("silu_mul_fp8_quant")(x, scale, bool(per_token), num_rows,
-                                             round_dtype if x.dtype == torch.float32 else None, prefetch,
-                                             prefetch_offsets if prefetch is not None else None,
-                                             prefetch_bytes if prefetch is not None else 0)
+                                             round_dtype if x.dtype == torch.float32 else None)
 
 
 def fp8_permute_quant(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts: int,
-                      scale: torch.Tensor | None = None, per_token: bool = False, *,
-                      prefetch: torch.Tensor | None = None, prefetch_bytes: int = 0):
+                      scale: torch.Tensor | None = None, per_token: bool = False):
     """:func:`moejit.ops.moe_permute` of the e4m3 rows of :func:`fp8_quant`, in one launch, for up to
     :data:`PERMUTE_QUANT_MAX_SLOTS` slots (the MoE layer's front end at decode).
 
@@ -156,10 +123,6 @@ def fp8_permute_quant(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts:
     [M·topk])``: the permutation exactly as :func:`moejit.ops.moe_permute` gives it, ``q[p]`` the quantized row of
     token ``sort_idx[p] // topk`` (bit-identical to ``fp8_quant``'s), and ``scale`` per permuted row ``[M·topk, 1]``
     (per token) or a copy of the static scale. Every row is written, dropped slots' included.
-
-    ``prefetch`` (GEMM1's weights ``[E, ...]``, contiguous) and ``prefetch_bytes`` > 0: the kernel also brings the
-    first ``prefetch_bytes`` of the routed experts' weights, in expert order, into L2 (as
-    :func:`silu_mul_fp8_quant`; nothing for E > 2048 or misaligned weights).
     """
     check_routing_args(hidden, topk_ids, num_experts, hidden_dtypes=FLOAT16_TYPES + (torch.float32,))
     if topk_ids.numel() > PERMUTE_QUANT_MAX_SLOTS:
@@ -172,9 +135,7 @@ def fp8_permute_quant(hidden: torch.Tensor, topk_ids: torch.Tensor, num_experts:
         if scale.numel() != 1:
             raise MoejitInputError(f"scale must hold one element (static per-tensor), got shape {tuple(scale.shape)}")
     check_same_device(hidden=hidden, scale=scale)
-    _check_prefetch(hidden, prefetch, prefetch_bytes, num_experts)
-    return registry.op("fp8_permute_quant")(hidden, topk_ids, num_experts, scale, bool(per_token), prefetch,
-                                            prefetch_bytes if prefetch is not None else 0)
+    return registry.op("fp8_permute_quant")(hidden, topk_ids, num_experts, scale, bool(per_token))
 
 
 # wide16 instead of swap16 for a K this short or shorter and at least this many 128-row weight tiles (4 per tile
