@@ -45,8 +45,10 @@ __global__ void make_sort_keys_kernel(const IdT* __restrict__ topk_ids, int32_t*
 //   1. chunk_count_kernel:   counts[c][b], the slots of chunk c in bucket b;
 //   2. chunk_scan_kernel:    one block turns counts into the first sorted position of each (chunk, bucket) and
 //                            writes the expert offsets (the exclusive scan of the bucket totals);
-//   3. chunk_scatter_kernel: one warp per chunk walks its slots in order, 32 at a time: lanes with the same key
-//                            (__match_any_sync) take consecutive positions in lane order, so the sort is stable.
+//   3. chunk_scatter_kernel: a block per chunk, its warps each walking a consecutive part of the chunk's slots in
+//                            order, 32 at a time: lanes with the same key (__match_any_sync) take consecutive
+//                            positions in lane order, and each part starts after the earlier parts' slots of the
+//                            bucket, so the sort is stable.
 constexpr int kMaxSortBuckets = 4096;  // E + 1 up to this: counting sort (the scan block holds 4 buckets a thread)
 constexpr int kScanThreads = 1024;
 constexpr int kMaxSortChunk = 8192;    // chunk + buckets ints of shared memory in the scatter: at most 48 KiB
@@ -115,30 +117,55 @@ __global__ void __launch_bounds__(kScanThreads) chunk_scan_kernel(int32_t* __res
   }
 }
 
-template <typename IdT>
-__global__ void chunk_scatter_kernel(const IdT* __restrict__ topk_ids, const int32_t* __restrict__ first,
-                                     int32_t* __restrict__ sort_idx, int32_t* __restrict__ inv_idx, int64_t n,
-                                     int32_t num_experts, int32_t chunk) {
+template <typename IdT, int kWarps>
+__global__ void __launch_bounds__(32 * kWarps) chunk_scatter_kernel(const IdT* __restrict__ topk_ids,
+                                                                    const int32_t* __restrict__ first,
+                                                                    int32_t* __restrict__ sort_idx,
+                                                                    int32_t* __restrict__ inv_idx, int64_t n,
+                                                                    int32_t num_experts, int32_t chunk) {
   extern __shared__ int32_t smem[];
   const int32_t buckets = num_experts + 1;
-  int32_t* next = smem;            // [buckets] the next sorted position of each bucket in this chunk
-  int32_t* keys = smem + buckets;  // [chunk] the chunk's keys, loaded at once
-  const int lane = threadIdx.x;
+  int32_t* next = smem;                        // [kWarps][buckets] the next sorted position of each bucket, per warp
+  int32_t* keys = smem + kWarps * buckets;     // [chunk] the chunk's keys, loaded at once
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int32_t len = static_cast<int32_t>(min(static_cast<int64_t>(chunk), n - begin));
   const int32_t* mine = first + static_cast<int64_t>(blockIdx.x) * buckets;
-  for (int32_t b = lane; b < buckets; b += 32) next[b] = mine[b];
-  for (int32_t j = lane; j < len; j += 32) keys[j] = slot_key(topk_ids, begin + j, num_experts);
-  __syncwarp();
+  for (int32_t j = threadIdx.x; j < len; j += blockDim.x) keys[j] = slot_key(topk_ids, begin + j, num_experts);
+  // The chunk is cut into kWarps consecutive parts, warp w walking part w. With several warps each part's
+  // bucket starts are the chunk's plus the earlier parts' counts of the bucket, so the order stays stable.
+  const int32_t part = (len + 32 * kWarps - 1) / (32 * kWarps) * 32;
+  const int32_t lo = min(warp * part, len), hi = min(lo + part, len);
+  if constexpr (kWarps == 1) {
+    for (int32_t b = lane; b < buckets; b += 32) next[b] = mine[b];
+    __syncwarp();
+  } else {
+    for (int32_t i = threadIdx.x; i < kWarps * buckets; i += blockDim.x) next[i] = 0;
+    __syncthreads();
+    for (int32_t j = lo + lane; j < hi; j += 32) atomicAdd(&next[warp * buckets + keys[j]], 1);
+    __syncthreads();
+    for (int32_t b = threadIdx.x; b < buckets; b += blockDim.x) {
+      int32_t run = mine[b];
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const int32_t c = next[w * buckets + b];
+        next[w * buckets + b] = run;
+        run += c;
+      }
+    }
+    __syncthreads();
+  }
+  int32_t* my_next = next + warp * buckets;
   const unsigned below = (1u << lane) - 1u;
-  for (int32_t j0 = 0; j0 < len; j0 += 32) {
+  for (int32_t j0 = lo; j0 < hi; j0 += 32) {
     const int32_t j = j0 + lane;
-    const bool valid = j < len;
+    const bool valid = j < hi;
     const int32_t key = valid ? keys[j] : -1;
     const unsigned peers = __match_any_sync(0xffffffffu, key);
-    const int32_t pos = valid ? next[key] + __popc(peers & below) : 0;
+    const int32_t pos = valid ? my_next[key] + __popc(peers & below) : 0;
     __syncwarp();
-    if (valid && (peers & below) == 0) next[key] += __popc(peers);  // the group's lowest lane moves its bucket on
+    if (valid && (peers & below) == 0) my_next[key] += __popc(peers);  // the group's lowest lane moves its bucket on
     __syncwarp();
     if (valid) {
       sort_idx[pos] = static_cast<int32_t>(begin + j);
@@ -311,8 +338,15 @@ void counting_sort(const IdT* ids, int64_t n, int32_t num_experts, const at::Ten
   MOEJIT_CUDA_LAUNCH_CHECK();
   chunk_scan_kernel<<<1, kScanThreads, 0, stream>>>(c, offsets, chunks, num_experts);
   MOEJIT_CUDA_LAUNCH_CHECK();
-  chunk_scatter_kernel<IdT><<<chunks, 32, hist_bytes + sizeof(int32_t) * chunk, stream>>>(
-      ids, c, sort_idx, inv_idx, n, num_experts, chunk);
+  // Four warps a chunk where their bucket starts fit the default 48 KiB of shared memory, else one.
+  const size_t keys_bytes = sizeof(int32_t) * chunk;
+  if (4 * hist_bytes + keys_bytes <= 48 * 1024) {
+    chunk_scatter_kernel<IdT, 4><<<chunks, 128, 4 * hist_bytes + keys_bytes, stream>>>(
+        ids, c, sort_idx, inv_idx, n, num_experts, chunk);
+  } else {
+    chunk_scatter_kernel<IdT, 1><<<chunks, 32, hist_bytes + keys_bytes, stream>>>(
+        ids, c, sort_idx, inv_idx, n, num_experts, chunk);
+  }
   MOEJIT_CUDA_LAUNCH_CHECK();
 }
 

@@ -142,7 +142,9 @@ def _launch(x, idx, rows: int, k: int, x_row_stride: int, topk: int, fmt: Hybrid
         return xq, q, f
     s_pad = triton.next_power_of_2(min(s_eff, nb))
     tile = s_pad * fmt.block_size
-    num_warps = max(1, min(16, tile // 512))
+    # a warp per 1024 elements of a (row, super group) tile: on an H200, 8192 x 2048 bf16 rows took 25.9 / 21.4 /
+    # 22.5 / 25.6 µs with 1 / 2 / 4 / 8 warps (tile 2048), 65536 x 512 43.9 / 48.9 / 67.3 µs with 1 / 2 / 4
+    num_warps = max(1, min(16, tile // 1024))
     _int8_hybrid_quant_kernel[(x.shape[0], groups)](
         x, idx if idx is not None else x, xq, q, f, k, x_row_stride, nb, groups, TOPK=topk,
         S_EFF=s_eff, S_PAD=s_pad, BLOCK=fmt.block_size, Q_MAX=fmt.q_max, MODE=mode, num_warps=num_warps)
