@@ -70,7 +70,7 @@ def test_permute_unpermute(m, k, e, topk, dtype, seeded):
 @pytest.mark.parametrize("sort", ["cub", "counting"])
 @pytest.mark.parametrize("m, e, topk", [
     (40000, 256, 8),   # 320000 slots: counting-sort chunks longer than 1024
-    (8192, 256, 8),    # Qwen3.6 M=8192: 64 chunks of 1024, three scan threads a bucket, four scatter warps a chunk
+    (8192, 256, 8),    # Qwen3.6 M=8192: 64 chunks of 1024, four scatter warps a chunk
     (3000, 4095, 4),   # 4096 buckets: the counting sort's largest
     (3000, 4096, 4),   # one more: CUB's radix sort whatever MOEJIT_PERMUTE_SORT says
     (270000, 64, 8),   # 2.16M slots: the counting sort's chunk length at its 8192 bound (264 chunks)

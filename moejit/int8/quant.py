@@ -142,9 +142,11 @@ def _launch(x, idx, rows: int, k: int, x_row_stride: int, topk: int, fmt: Hybrid
         return xq, q, f
     s_pad = triton.next_power_of_2(min(s_eff, nb))
     tile = s_pad * fmt.block_size
-    # a warp per 1024 elements of a (row, super group) tile: on an H200, 8192 x 2048 bf16 rows took 25.9 / 21.4 /
-    # 22.5 / 25.6 µs with 1 / 2 / 4 / 8 warps (tile 2048), 65536 x 512 43.9 / 48.9 / 67.3 µs with 1 / 2 / 4
-    num_warps = max(1, min(16, tile // 1024))
+    # Warps per (row, super group) tile, measured on an H200 (docs/bench_int8.md): plain rows a warp per 1024
+    # elements (8192 x 2048 bf16: 25.9 / 21.4 / 22.5 / 25.6 µs with 1 / 2 / 4 / 8 warps); the scatter, which
+    # stores each row topk times, and SiLU a warp per 512 (Qwen3.6 M=8192 permute+quant 57.4 / 50.9 / 48.3 µs with
+    # 1 / 2 / 4 warps; SiLU+quant at N=512 58.8 µs with its 1 warp, 64.1 with 2)
+    num_warps = max(1, min(16, tile // (1024 if mode == MODE_PLAIN else 512)))
     _int8_hybrid_quant_kernel[(x.shape[0], groups)](
         x, idx if idx is not None else x, xq, q, f, k, x_row_stride, nb, groups, TOPK=topk,
         S_EFF=s_eff, S_PAD=s_pad, BLOCK=fmt.block_size, Q_MAX=fmt.q_max, MODE=mode, num_warps=num_warps)
