@@ -18,7 +18,7 @@ The unfused path quantizes before it permutes. The quantization is a function of
 permuted copy of a token row has that row's int8 values, Q and F: quantizing the ``M`` token rows and copying the
 int8 rows (with their Q and F) to the slots gives the same bytes as the seed's order (copy the 16-bit rows to
 the ``M·topk`` slots, then quantize every copy) with a quarter of the traffic: the only ``M·topk``-row copy is
-the int8 one (at Qwen3.6-35B-A3B M=8192 ~200 MB move instead of ~670 MB). The fused path needs only the permutation,
+the int8 one (at Qwen3.6-35B-A3B M=8192 it moves ~200 MB instead of ~670 MB). The fused path needs only the permutation,
 not permuted rows: it calls the common module's ``moe_permute`` with a zero-width ``[M, 0]`` hidden tensor,
 which runs the same sort, expert offsets and inverse map and copies no rows (so the sort is identical to the
 unfused path's).
