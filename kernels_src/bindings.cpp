@@ -53,7 +53,8 @@ TORCH_LIBRARY_FRAGMENT(moejit, m) {
   m.def("int8_grouped_mm(Tensor a, Tensor a_scale, Tensor b, Tensor b_scale, Tensor expert_offsets,"
         " ScalarType out_dtype) -> Tensor");
   m.def("int8_hybrid_grouped_mm(Tensor a, Tensor a_q, Tensor a_f, Tensor b, Tensor b_scale, Tensor expert_offsets,"
-        " int block_size, int super_group_size, int q_max, ScalarType out_dtype) -> Tensor");
+        " int block_size, int super_group_size, int q_max, ScalarType out_dtype, Tensor? a_rows=None,"
+        " int a_rows_div=1) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(moejit, CUDA, m) {
   m.impl("int8_grouped_mm", &moejit::int8_grouped_mm);

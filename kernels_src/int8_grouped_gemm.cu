@@ -6,6 +6,7 @@
 // for every row r of expert e (expert_offsets, int32 [E+1], read on the device only). Rows at or past
 // expert_offsets[E] are not written. The kernels are in int8_grouped_gemm_sm80.cuh.
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -54,7 +55,28 @@ __global__ void tile_schedule_kernel(const int32_t* __restrict__ expert_offsets,
   if (threadIdx.x == kScheduleThreads - 1) tile_offsets[num_experts] = partial[threadIdx.x];
 }
 
+// out[r] = a[min(rows[r] / div, src_rows - 1)] for K-byte int8 rows (K % 16 == 0): a warp per row, 16 bytes a lane.
+__global__ void gather_rows_kernel(const int8_t* __restrict__ a, const int32_t* __restrict__ rows, int div,
+                                   int src_rows, int8_t* __restrict__ out, int num_rows, int k) {
+  const int warps = blockDim.x / 32;
+  const int lane = threadIdx.x % 32;
+  for (int r = blockIdx.x * warps + threadIdx.x / 32; r < num_rows; r += gridDim.x * warps) {
+    const int src = min(max(rows[r] / div, 0), src_rows - 1);
+    const int4* from = reinterpret_cast<const int4*>(a + static_cast<int64_t>(src) * k);
+    int4* to = reinterpret_cast<int4*>(out + static_cast<int64_t>(r) * k);
+    for (int c = lane; c < k / 16; c += 32) to[c] = __ldg(from + c);
+  }
+}
+
 }  // namespace
+
+void launch_gather_rows(const int8_t* a, const int32_t* rows, int div, int src_rows, int8_t* out, int num_rows, int k,
+                        cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const int blocks = std::max(1, std::min((num_rows + kThreads / 32 - 1) / (kThreads / 32), 4096));
+  gather_rows_kernel<<<blocks, kThreads, 0, stream>>>(a, rows, div, src_rows, out, num_rows, k);
+  MOEJIT_CUDA_LAUNCH_CHECK();
+}
 
 void launch_tile_schedule(const int32_t* expert_offsets, int32_t* tile_offsets, int num_experts, int rows,
                           int tile_m, int tile_n, int n, cudaStream_t stream) {
@@ -98,8 +120,9 @@ int checked_max_tiles(const char* op, int64_t rows, int64_t num_experts, int til
 }
 
 PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& out,
-                              const at::Tensor& expert_offsets, cudaStream_t stream) {
-  const int64_t rows = a.size(0), k = a.size(1), num_experts = b.size(0), n = b.size(1);
+                              const at::Tensor& expert_offsets, cudaStream_t stream, const RowGather* gather) {
+  const int64_t rows = gather != nullptr ? gather->rows.size(0) : a.size(0);
+  const int64_t k = a.size(1), num_experts = b.size(0), n = b.size(1);
   PreparedLaunch launch;
   launch.kernel = kernel_for(op, rows, num_experts);
   const bool sm90 = launch.kernel == Kernel::kSm90;
@@ -111,6 +134,19 @@ PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Ten
                        static_cast<int>(n), stream);
   GroupedGemmParams& params = launch.params;
   params.a = a.data_ptr<int8_t>();
+  if (gather != nullptr && rows > 0) {
+    if (sm90) {
+      params.a_rows = gather->rows.data_ptr<int32_t>();
+      params.a_rows_div = static_cast<int>(gather->div);
+      params.a_src_rows = static_cast<int>(a.size(0));
+    } else {
+      launch.gathered = at::empty({rows, k}, a.options());
+      launch_gather_rows(a.data_ptr<int8_t>(), gather->rows.data_ptr<int32_t>(), static_cast<int>(gather->div),
+                         static_cast<int>(a.size(0)), launch.gathered.data_ptr<int8_t>(), static_cast<int>(rows),
+                         static_cast<int>(k), stream);
+      params.a = launch.gathered.data_ptr<int8_t>();
+    }
+  }
   params.b = b.data_ptr<int8_t>();
   params.out = out.data_ptr();
   params.expert_offsets = expert_offsets.data_ptr<int32_t>();

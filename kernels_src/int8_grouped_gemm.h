@@ -42,17 +42,28 @@ int tile_m_for(int64_t rows, int64_t num_experts);
 // max_tiles_bound, checked to fit the int32 tile schedule.
 int checked_max_tiles(const char* op, int64_t rows, int64_t num_experts, int tile_m, int tile_n, int64_t n);
 
+// A row gather of the GEMM's A operand: row r is a[min(rows[r] / div, a.size(0) - 1)] (int32 rows [R], div >= 1,
+// checked by the caller).
+struct RowGather {
+  const at::Tensor& rows;
+  int64_t div;
+};
+
 // What both entry points do before their own fields: pick the kernel and its tile, launch the device-side tile
 // schedule into `tile_offsets` (allocated here, on the launch's stream), and fill the operand, size and schedule
 // fields of `params` (a [rows, K], b [E, N, K], out [rows, N], expert_offsets [E+1], all checked by the caller).
+// With `gather`, the GEMM has gather->rows.size(0) rows read through it: the SM90 kernels gather in their producer,
+// for the SM80 ones the rows are copied here first (into `gathered`, on the stream).
 struct PreparedLaunch {
   GroupedGemmParams params;
   at::Tensor tile_offsets;
+  at::Tensor gathered;
   Kernel kernel;
   int tile_m;
 };
 PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& out,
-                              const at::Tensor& expert_offsets, cudaStream_t stream);
+                              const at::Tensor& expert_offsets, cudaStream_t stream,
+                              const RowGather* gather = nullptr);
 
 // The launch for the prepared kernel / tile and the output dtype (bf16 or fp16; checked by
 // check_int8_grouped_operands).

@@ -43,6 +43,13 @@ struct GroupedGemmParams {
   int num_groups = 0;   // ceil(num_blocks / super_group)
   int super_group = 0;  // blocks per (effective) super group
   int max_tiles = 0;    // host upper bound on the number of tiles (limits the grid)
+  // Row gather (SM90 kernels only; the host copies the rows for the SM80 ones): with a_rows set, row r of the GEMM
+  // is a[min(a_rows[r] / a_rows_div, a_src_rows - 1)] of an [a_src_rows, k] matrix a, while a_q, a_f, a_scale and
+  // out stay indexed by r. With moe_permute's sort_idx and topk, GEMM1 reads the token rows and no permuted copy
+  // of them is written (the hybrid layer's MOEJIT_INT8_HYBRID_GATHER=1).
+  const int32_t* a_rows = nullptr;
+  int a_rows_div = 1;
+  int a_src_rows = 0;
 };
 
 // The output tile columns of the SM80 kernels.
@@ -51,6 +58,11 @@ constexpr int kTileN = 64;
 // Writes tile_offsets[e] = sum_{e' < e} ceil(m_e' / tile_m) * ceil(n / tile_n) (e in [0, E]) on `stream`.
 void launch_tile_schedule(const int32_t* expert_offsets, int32_t* tile_offsets, int num_experts, int rows,
                           int tile_m, int tile_n, int n, cudaStream_t stream);
+
+// out[r, :] = a[min(rows[r] / div, src_rows - 1), :] for r < num_rows (int8 rows of k bytes, k % 16 == 0, 16-byte
+// aligned) on `stream`: the row gather of the SM80 kernels (the SM90 ones gather in their producer).
+void launch_gather_rows(const int8_t* a, const int32_t* rows, int div, int src_rows, int8_t* out, int num_rows, int k,
+                        cudaStream_t stream);
 
 // The grouped GEMM kernel launch for one tile shape / mode / output type (explicitly instantiated in
 // int8_gemm_inst_*.cu). kHybrid selects the Q/F mainloop; kMultiGroup (hybrid only) keeps a float accumulator across

@@ -24,6 +24,14 @@
 // launch_tile_schedule with 128 x 128 tiles; every role of a CTA walks the same tiles (TileSequence), so the
 // producer runs ahead across tile boundaries and the next tile's loads overlap this tile's epilogue.
 //
+// Row gather (GroupedGemmParams::a_rows, the MoE layer's GEMM1): row r of A is a source row named by a_rows. TMA has
+// no row gather on sm_90, so the whole producer warp group copies A with 16-byte cp.async into the same swizzled
+// stage layout (producer_gather) and thread 0 still loads B by TMA. The consumers wait on the same full barrier,
+// which then also counts the 128 producer threads' arrivals, each made once the thread's copies of the stage have
+// landed and been fenced to the async proxy. Gathered launches run single CTAs (no A multicast). On an H200 the
+// gathered GEMM1 took 1.36x the time of the same GEMM on copied rows (Qwen3.6 shape, M = 2048 and 8192), more than
+// the copy it saves, so the MoE layer uses it only with MOEJIT_INT8_HYBRID_GATHER=1.
+//
 // The epilogue multiplies by the scales, stages each consumer's 64 x 128 half in shared memory and writes every
 // valid row with one asynchronous bulk copy (cp.async.bulk) that drains during the next tile; where rows are not
 // 16-byte multiples (N % 8 != 0), and for the multi-group hybrid, it stores bf16/fp16 pairs from registers. Rows
@@ -41,6 +49,7 @@
 #include <mutex>
 #include <type_traits>
 
+#include "cute/arch/copy_sm80.hpp"
 #include "cute/tensor.hpp"
 #include "cute/atom/copy_traits_sm90_tma.hpp"
 #include "cute/atom/mma_traits_sm90_gmma.hpp"
@@ -243,6 +252,90 @@ CUTLASS_DEVICE void producer(const KernelParams<kCluster>& kp, SharedStorage& sh
       }
     }
   }
+}
+
+// The producer of a row-gathered A (p.a_rows set; single CTAs): all 128 threads of warp group 0. Thread 0 issues B's
+// TMA load as producer() does; every thread copies its 16-byte piece `chunk` of eight of the tile's 128 rows
+// (rows row_in + 16 i) with cp.async from the row's source in a, into the stage's 128-byte-swizzled layout (piece c
+// of row r at r * 128 + 16 * (c ^ r % 8): the layout TMA writes, which the wgmma descriptors expect). Rows past the
+// expert and pieces past K are zero-filled, not read. Each stage's copies are one cp.async group; kGatherLag
+// stages later the thread waits for the group, fences its writes to the async proxy (wgmma reads shared memory
+// through it) and arrives on the stage's full barrier: one of its 1 + 128 arrivals. (A first build had each
+// thread's cp.async.mbarrier.arrive.noinc count the arrival instead; it hung on an H200 once a CTA ran more than
+// one tile, for a reason not found.)
+constexpr int kGatherLag = 3;  // stages a thread's copies stay in flight before it arrives (< kStages)
+static_assert(kGatherLag < Config::kStages, "a stage is refilled only after its arrival");
+
+CUTLASS_DEVICE void producer_gather(const KernelParams<1>& kp, SharedStorage& shared, int ptid) {
+  const GroupedGemmParams& p = kp.p;
+  const int tiles_n = (p.n + Config::kBN - 1) / Config::kBN;
+  const int k_tiles = (p.k + Config::kBK - 1) / Config::kBK;
+  const int total_tiles = p.num_experts <= kSmemExperts ? shared.tile_offsets[p.num_experts]
+                                                         : p.tile_offsets[p.num_experts];
+  constexpr int kChunks = Config::kBK / 16;        // 16-byte pieces of a row's K tile
+  constexpr int kRowsPerPass = 128 / kChunks;      // rows the 128 threads cover at once
+  constexpr int kPasses = Config::kBM / kRowsPerPass;
+  static_assert(kChunks == 8, "the 128-byte swizzle: one K tile row is 8 pieces of 16 bytes");
+  const int chunk = ptid % kChunks;
+  const int row_in = ptid / kChunks;
+  // kRowsPerPass is a multiple of 8, so every row of this thread has the same r % 8 and swizzled piece.
+  const uint32_t dst_thread = cute::cast_smem_ptr_to_uint(shared.a) +
+                              static_cast<uint32_t>(row_in * Config::kBK + 16 * (chunk ^ (row_in % 8)));
+  int stage = 0;
+  uint32_t phase = 1;  // a fresh "empty" barrier counts as consumed
+  int issued = 0;      // stages this thread has issued copies for
+  // This thread's copies into stage s have landed: make them visible to the async proxy, then arrive.
+  auto publish = [&](int s) {
+    cutlass::arch::fence_view_async_shared();
+    cutlass::arch::ClusterBarrier::arrive(&shared.full[s]);
+  };
+  TileWalker walker{p, shared, tiles_n};
+  const TileSequence<1> seq;
+  for (int tile = seq.first; tile < total_tiles; tile += seq.stride) {
+    const TileCoord t = walker.locate(tile);
+    int src[kPasses];  // source row in a of each of this thread's rows, or -1 (zero fill)
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < kPasses; ++i) {
+      const int row = t.row0 + row_in + kRowsPerPass * i;
+      src[i] = row < t.m_e ? min(max(__ldg(p.a_rows + t.row_begin + row) / p.a_rows_div, 0), p.a_src_rows - 1) : -1;
+    }
+    for (int kb = 0; kb < k_tiles; ++kb) {
+      cutlass::arch::ClusterBarrier::wait(&shared.empty[stage], phase);
+      if (ptid == 0) {
+        Tensor mB = kp.tma_b.get_tma_tensor(make_shape(p.num_experts * p.n, p.k));
+        Tensor sB = make_tensor(make_smem_ptr(shared.b), Config::SmemLayoutB{});
+        Tensor gB = local_tile(domain_offset(make_coord(t.expert * p.n + t.col0, 0), mB),
+                               Shape<Int<Config::kBN>, Int<Config::kBK>>{}, make_coord(0, _));  // (BN, BK, k)
+        auto [tBgB, tBsB] = tma_partition(kp.tma_b, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sB),
+                                          group_modes<0, 2>(gB));
+        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&shared.full[stage],
+                                                                       Config::kBN * Config::kBK);
+        copy(kp.tma_b.with(shared.full[stage]), tBgB(_, kb), tBsB(_, stage));
+      }
+      __syncwarp();
+      const int col = kb * Config::kBK + 16 * chunk;
+      const uint32_t dst_stage = dst_thread + static_cast<uint32_t>(stage * Config::kBM * Config::kBK);
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kPasses; ++i) {
+        const bool valid = src[i] >= 0 && col < p.k;
+        const int8_t* from = p.a + (valid ? static_cast<int64_t>(src[i]) * p.k + col : 0);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                         dst_stage + static_cast<uint32_t>(i * kRowsPerPass * Config::kBK)),
+                     "l"(from), "r"(valid ? 16 : 0));
+      }
+      cute::cp_async_fence();
+      if (++issued > kGatherLag) {
+        cute::cp_async_wait<kGatherLag>();  // the group of kGatherLag stages ago has landed
+        publish((stage + Config::kStages - kGatherLag) % Config::kStages);
+      }
+      if (++stage == Config::kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+  }
+  cute::cp_async_wait<0>();
+  for (int j = min(issued, kGatherLag); j >= 1; --j) publish((stage + Config::kStages - j) % Config::kStages);
 }
 
 template <int kCluster, bool kHybrid, bool kMultiGroup, typename OutT>
@@ -503,16 +596,20 @@ CUTLASS_DEVICE void consumer(const KernelParams<kCluster>& kp, SharedStorage& sh
   if (bulk_store && wg_tid < 64) cute::tma_store_wait<0>();
 }
 
-template <int kCluster, bool kHybrid, bool kMultiGroup, typename OutT>
+// kGather: A is row-gathered (p.a_rows; single CTAs). A separate instantiation, so the kernels without it stay as
+// they were: with the gather a run-time branch, ptxas spilled in the consumers.
+template <int kCluster, bool kHybrid, bool kMultiGroup, typename OutT, bool kGather>
 __global__ void __launch_bounds__(Config::kThreads, 1)
     grouped_gemm_kernel(const __grid_constant__ KernelParams<kCluster> kp) {
+  static_assert(!kGather || kCluster == 1, "a gathered A has no multicast");
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ uint8_t smem_raw[];
   auto& shared = *reinterpret_cast<SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   const int warp_group = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
+  // A gathered A: the full barrier also counts the arrivals of the 128 producer threads (producer_gather).
   if (threadIdx.x == 0) {
     for (int s = 0; s < Config::kStages; ++s) {
-      cutlass::arch::ClusterBarrier::init(&shared.full[s], 1);
+      cutlass::arch::ClusterBarrier::init(&shared.full[s], kGather ? 1 + 128 : 1);
       cutlass::arch::ClusterBarrier::init(&shared.empty[s], Config::kConsumers * kCluster);
     }
     cutlass::arch::fence_barrier_init();
@@ -527,7 +624,10 @@ __global__ void __launch_bounds__(Config::kThreads, 1)
   }
   if (warp_group == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Config::kProducerRegs>();
-    if (threadIdx.x == 0) {
+    if constexpr (kGather) {
+      if (threadIdx.x == 0) cute::prefetch_tma_descriptor(kp.tma_b.get_tma_descriptor());
+      producer_gather(kp, shared, static_cast<int>(threadIdx.x));
+    } else if (threadIdx.x == 0) {
       cute::prefetch_tma_descriptor(kp.tma_a.get_tma_descriptor());
       cute::prefetch_tma_descriptor(kp.tma_b.get_tma_descriptor());
       producer(kp, shared);
@@ -547,9 +647,9 @@ __global__ void __launch_bounds__(Config::kThreads, 1)
 #endif
 }
 
-template <int kCluster, bool kHybrid, bool kMultiGroup, typename OutT>
+template <int kCluster, bool kHybrid, bool kMultiGroup, typename OutT, bool kGather = false>
 void launch(const GroupedGemmParams& params, cudaStream_t stream) {
-  auto kernel = grouped_gemm_kernel<kCluster, kHybrid, kMultiGroup, OutT>;
+  auto kernel = grouped_gemm_kernel<kCluster, kHybrid, kMultiGroup, OutT, kGather>;
   int device = 0;
   cudaGetDevice(&device);
   if (device < 0 || device >= 64) device = 0;
@@ -587,8 +687,10 @@ void launch(const GroupedGemmParams& params, cudaStream_t stream) {
   // MOEJIT_INT8_SM90_HALF_TILES=0 turns the half tiles off (a benchmarking override, read on every call).
   const char* half_env = std::getenv("MOEJIT_INT8_SM90_HALF_TILES");
   const bool half_tiles = !(half_env != nullptr && half_env[0] == '0' && half_env[1] == '\0');
+  // A gathered A is read by cp.async; its TMA descriptor (over the source rows) is built but not used.
+  const int a_rows = kGather ? params.a_src_rows : params.rows;
   KernelParams<kCluster> kp{
-      make_tma<Config::SmemLayoutAHalves, kCluster == 2>(params.a, params.rows, params.k),
+      make_tma<Config::SmemLayoutAHalves, kCluster == 2>(params.a, a_rows, params.k),
       make_tma<Config::SmemLayoutB>(params.b, params.num_experts * params.n, params.k), params, half_tiles};
   const int wanted = (params.max_tiles + kCluster - 1) / kCluster;
   config.gridDim = dim3(kCluster * std::max(1, std::min(wanted, resident_clusters[device])));
@@ -604,6 +706,11 @@ void launch_grouped_gemm_sm90(const GroupedGemmParams& params, cudaStream_t stre
   const char* env = std::getenv("MOEJIT_INT8_SM90_CLUSTER");
   const bool single = env != nullptr && env[0] == '1' && env[1] == '\0';
   const int tiles_n = (params.n + sm90::kTileN - 1) / sm90::kTileN;
+  // A gathered A (the hybrid op's only) runs single CTAs: the multicast shares one TMA box between the two CTAs,
+  // the gather has none.
+  if constexpr (kHybrid) {
+    if (params.a_rows != nullptr) return sm90::launch<1, kHybrid, kMultiGroup, OutT, true>(params, stream);
+  }
   if (tiles_n % 2 == 0 && !single) return sm90::launch<2, kHybrid, kMultiGroup, OutT>(params, stream);
   sm90::launch<1, kHybrid, kMultiGroup, OutT>(params, stream);
 }

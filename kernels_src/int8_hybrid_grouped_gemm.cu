@@ -6,7 +6,12 @@
 //
 // super_group_size is the effective super group: the caller splits a longer requested one into pieces with
 // super_group_size * block_size * 127^2 * q_max < 2^31, so I never overflows for inputs in [-127, 127] and
-// Q in [1, q_max]; this entry point rejects anything larger. The kernels are in int8_grouped_gemm_sm80.cuh.
+// Q in [1, q_max]; this entry point rejects anything larger. The kernels are in int8_grouped_gemm_sm80.cuh and
+// int8_grouped_gemm_sm90.cuh.
+//
+// With a_rows (int32 [R]), the GEMM has R rows and row m is a[min(a_rows[m] / a_rows_div, a.size(0) - 1)]: a_q,
+// a_f and the output are [R, ...]; with moe_permute's sort_idx and topk, the MoE layer's GEMM1 reads the token
+// rows without a permuted copy (MOEJIT_INT8_HYBRID_GATHER=1).
 
 #include "common.h"
 #include "int8_grouped_gemm.h"
@@ -17,9 +22,26 @@ namespace moejit {
 at::Tensor int8_hybrid_grouped_mm(const at::Tensor& a, const at::Tensor& a_q, const at::Tensor& a_f,
                                   const at::Tensor& b, const at::Tensor& b_scale, const at::Tensor& expert_offsets,
                                   int64_t block_size, int64_t super_group_size, int64_t q_max,
-                                  at::ScalarType out_dtype) {
+                                  at::ScalarType out_dtype, const std::optional<at::Tensor>& a_rows,
+                                  int64_t a_rows_div) {
   constexpr const char* op = "int8_hybrid_grouped_mm";
-  const auto [rows, num_experts, n, k] = check_int8_grouped_operands(op, a, b, expert_offsets, out_dtype);
+  const auto [src_rows, num_experts, n, k] = check_int8_grouped_operands(op, a, b, expert_offsets, out_dtype);
+  int64_t rows = src_rows;
+  if (a_rows.has_value()) {
+    const at::Tensor& idx = *a_rows;
+    MOEJIT_CHECK_CUDA(idx);
+    MOEJIT_CHECK(idx.scalar_type() == at::kInt, op, ": a_rows must be int32, got ", idx.scalar_type());
+    MOEJIT_CHECK(idx.dim() == 1 && idx.is_contiguous(), op, ": a_rows must be a contiguous 1-D tensor, got ",
+                 idx.sizes());
+    MOEJIT_CHECK(idx.device() == a.device(), op, ": a_rows must be on a's device");
+    MOEJIT_CHECK(a_rows_div >= 1 && a_rows_div < (int64_t{1} << 31), op, ": a_rows_div must be >= 1, got ",
+                 a_rows_div);
+    rows = idx.size(0);
+    MOEJIT_CHECK(rows < (int64_t{1} << 31), op, ": too many rows (", rows, ")");
+    MOEJIT_CHECK(rows == 0 || src_rows >= 1, op, ": a has no rows to gather from");
+  } else {
+    MOEJIT_CHECK(a_rows_div == 1, op, ": a_rows_div is only meaningful with a_rows");
+  }
   MOEJIT_CHECK(block_size == int8_gemm::kTileK, op, ": block_size must be ", int8_gemm::kTileK,
                " (the kernel's K tile is one quantization block), got ", block_size);
   MOEJIT_CHECK(k % block_size == 0, op, ": K = ", k, " must be a multiple of block_size = ", block_size);
@@ -58,7 +80,9 @@ at::Tensor int8_hybrid_grouped_mm(const at::Tensor& a, const at::Tensor& a_q, co
   if (rows == 0) return out;
   cudaStream_t stream = current_stream();
 
-  int8_gemm::PreparedLaunch launch = int8_gemm::prepare_launch(op, a, b, out, expert_offsets, stream);
+  const int8_gemm::RowGather gather{a_rows.has_value() ? *a_rows : a, a_rows_div};
+  int8_gemm::PreparedLaunch launch =
+      int8_gemm::prepare_launch(op, a, b, out, expert_offsets, stream, a_rows.has_value() ? &gather : nullptr);
   int8_gemm::GroupedGemmParams& params = launch.params;
   params.b_scale = b_scale.data_ptr<float>();
   params.b_scale_per_channel = true;

@@ -49,5 +49,6 @@ at::Tensor int8_grouped_mm(const at::Tensor& a, const at::Tensor& a_scale, const
 at::Tensor int8_hybrid_grouped_mm(const at::Tensor& a, const at::Tensor& a_q, const at::Tensor& a_f,
                                   const at::Tensor& b, const at::Tensor& b_scale, const at::Tensor& expert_offsets,
                                   int64_t block_size, int64_t super_group_size, int64_t q_max,
-                                  at::ScalarType out_dtype);
+                                  at::ScalarType out_dtype, const std::optional<at::Tensor>& a_rows,
+                                  int64_t a_rows_div);
 }  // namespace moejit

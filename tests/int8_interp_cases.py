@@ -178,9 +178,9 @@ def cpu_pipeline(interpret, monkeypatch):
         calls.append(("permute", tuple(hidden.shape)))
         return moe_permute_ref(hidden, topk_ids, num_experts)
 
-    def mm(*args):
-        calls.append(("mm", args[7]))
-        return int8_hybrid_grouped_mm_ref(*args)
+    def mm(*args, **kw):
+        calls.append(("mm", args[7], tuple(kw)))
+        return int8_hybrid_grouped_mm_ref(*args, **kw)
 
     monkeypatch.setattr(common, "moe_permute", permute)
     monkeypatch.setattr(common, "moe_unpermute", moe_unpermute_ref)
@@ -190,8 +190,8 @@ def cpu_pipeline(interpret, monkeypatch):
 
 
 @pytest.mark.parametrize("fused_silu", [True, False])
-@pytest.mark.parametrize("fused_perm", [True, False])
-def test_layer_pipeline_on_cpu(cpu_pipeline, fused_silu, fused_perm, seeded):
+@pytest.mark.parametrize("fused_perm,gather", [(True, False), (False, False), (False, True)])
+def test_layer_pipeline_on_cpu(cpu_pipeline, fused_silu, fused_perm, gather, seeded, monkeypatch):
     m, k, n, e, topk, b, s = 6, 256, 256, 4, 2, 64, 3   # K/B = N/B = 4 blocks: groups of 3 + 1
     hidden = _rand(m, k, seeded)
     w13 = torch.randn(e, 2 * n, k, generator=seeded) / k ** 0.5
@@ -201,12 +201,16 @@ def test_layer_pipeline_on_cpu(cpu_pipeline, fused_silu, fused_perm, seeded):
     ids = torch.stack([torch.randperm(e, generator=seeded)[:topk] for _ in range(m)]).int()
     ids[1, 0] = -1   # a dropped slot
     tw = torch.rand(m, topk, generator=seeded)
+    monkeypatch.setenv("MOEJIT_INT8_HYBRID_GATHER", "1" if gather else "0")
     out = ops.cutlass_moe_int8_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids, block_size=b,
                                       super_group_size=s, q_max=16, fused_silu_quant=fused_silu,
                                       fused_permute_quant=fused_perm)
     assert out.shape == (m, k) and out.dtype == hidden.dtype
-    assert cpu_pipeline[0] == ("permute", (m, 0) if fused_perm else (m, k))
-    assert [c for c in cpu_pipeline if c[0] == "mm"] == [("mm", 3), ("mm", 3)]
+    # the fused path and the gathering one sort only: no permuted copy of the activations
+    assert cpu_pipeline[0] == ("permute", (m, 0) if fused_perm or gather else (m, k))
+    # gathering, GEMM1 reads the token rows through sort_idx
+    gemm1_kw = ("a_rows", "a_rows_div") if gather else ()
+    assert [c for c in cpu_pipeline if c[0] == "mm"] == [("mm", 3, gemm1_kw), ("mm", 3, ())]
     # quantize-then-permute (unfused) and the fused kernel hand GEMM1 the same bytes: the same output, bit for bit
     other = ops.cutlass_moe_int8_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids, block_size=b,
                                         super_group_size=s, q_max=16, fused_silu_quant=fused_silu,

@@ -152,6 +152,11 @@ def test_fakes_shapes():
     out = registry.ops()["int8_hybrid_grouped_mm"].fake(a, torch.ones(10, 2, dtype=torch.int32), torch.ones(10, 1),
                                                         b, torch.ones(4, 96), off, 128, 65, 16, torch.bfloat16)
     assert out.shape == (10, 96) and out.dtype == torch.bfloat16
+    rows = torch.zeros(24, dtype=torch.int32)  # a row gather: the GEMM has 24 rows of the 10-row a
+    out = registry.ops()["int8_hybrid_grouped_mm"].fake(a, torch.ones(24, 2, dtype=torch.int32), torch.ones(24, 1),
+                                                        b, torch.ones(4, 96), off, 128, 65, 16, torch.bfloat16,
+                                                        rows, 3)
+    assert out.shape == (24, 96)
 
 
 def test_max_safe_super_group():
@@ -281,6 +286,84 @@ def test_sm90_half_tiles(hybrid, n, int8_kernel, monkeypatch, seeded):
     assert_close(half, ref, torch.bfloat16, rows)
     monkeypatch.setenv("MOEJIT_INT8_SM90_HALF_TILES", "0")
     assert torch.equal(run(), half)
+
+
+GATHER_COUNTS = {
+    # name: (E, rows per expert); the SM90 half-tile remainders (1, 63, 64, 65, 127, 128 rows) and routed shapes
+    "remainders": (14, [1, 64, 65, 127, 128, 129, 191, 192, 193, 0, 320, 63, 256 + 64, 5]),
+    "uneven_with_empty": (8, [0, 37, 130, 0, 1, 64, 200, 5]),
+    "routed_decode": (256, None),
+    "routed_prefill": (64, None),
+}
+
+
+@gpu
+@pytest.mark.parametrize("dist", list(GATHER_COUNTS))
+@pytest.mark.parametrize("k,n,super_group", [(2048, 512, 65), (7168, 512, 16), (384, 200, 2), (2048, 1024, 65)])
+def test_hybrid_row_gather(dist, k, n, super_group, seeded):
+    """a_rows / a_rows_div (GEMM1 of the MoE layer reading the token rows through moe_permute's sort_idx): bit for
+    bit the GEMM of the same rows copied, ``a[a_rows // div]``, and the float64 reference. The source has fewer
+    rows than the GEMM (a token row read by several slots, in random order), some indices lie outside
+    [0, T · div) and are clamped, and rows past expert_offsets[E] are never written (NaN-poisoned output)."""
+    e, counts = GATHER_COUNTS[dist]
+    if counts is None:
+        counts = routed_counts(64 if dist == "routed_decode" else 1024, e, 8 if dist == "routed_decode" else 4,
+                               seeded)
+    offsets = offsets_from_counts(counts)
+    valid = int(offsets[-1])
+    rows, div = valid + 9, 4
+    src = max(1, rows // 3)
+    a_src = rand_int8((src, k), seeded).to(DEV)
+    a_rows = torch.randint(0, src * div, (rows,), generator=seeded, dtype=torch.int32)
+    a_rows[::97] = src * div + 5   # past the source: clamped to its last row
+    a_rows[1::89] = -3             # negative: clamped to row 0
+    a_rows = a_rows.to(DEV)
+    _, a_q, a_f, b, b_scale = make_hybrid_inputs(rows, e, n, k, 16, super_group, seeded)
+    off = offsets.to(DEV)
+    copied = a_src[(a_rows.long() // div).clamp(0, src - 1)]
+    want = int8_ops.int8_hybrid_grouped_mm(copied, a_q, a_f, b, b_scale, off, 128, super_group, 16, torch.bfloat16)
+    torch.cuda.synchronize()
+    poison = torch.full((rows, n), float("nan"), dtype=torch.bfloat16, device=DEV)
+    ptr = poison.data_ptr()
+    del poison
+    out = int8_ops.int8_hybrid_grouped_mm(a_src, a_q, a_f, b, b_scale, off, 128, super_group, 16, torch.bfloat16,
+                                          a_rows=a_rows, a_rows_div=div)
+    assert out.shape == (rows, n)
+    if out.data_ptr() == ptr:
+        assert torch.isnan(out[valid:].float()).all(), "rows past expert_offsets[E] were written"
+    assert torch.equal(out[:valid], want[:valid])
+    assert_close(out, ref_hybrid(copied, a_q, a_f, b, b_scale, offsets, 128, super_group), torch.bfloat16, valid)
+
+
+@gpu
+def test_hybrid_row_gather_in_a_cuda_graph(seeded):
+    """The gather reads a_rows on the device: replaying a captured GEMM after changing a_rows, the source rows and
+    expert_offsets in place gives the new result."""
+    e, n, k, s, rows, src, div = 8, 512, 2048, 65, 600, 150, 8
+    _, a_q, a_f, b, b_scale = make_hybrid_inputs(rows, e, n, k, 16, s, seeded)
+    a_src = rand_int8((src, k), seeded).to(DEV)
+    a_rows = torch.randint(0, src * div, (rows,), generator=seeded, dtype=torch.int32).to(DEV)
+    off = offsets_from_counts([100, 0, 50, 50, 200, 0, 0, 190]).to(DEV)
+
+    def run():
+        return int8_ops.int8_hybrid_grouped_mm(a_src, a_q, a_f, b, b_scale, off, 128, s, 16, torch.bfloat16,
+                                               a_rows=a_rows, a_rows_div=div)
+
+    run()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    for counts in ([0, 0, 0, 600, 0, 0, 0, 0], [75] * 8):
+        offsets = offsets_from_counts(counts)
+        off.copy_(offsets.to(DEV))
+        a_src.copy_(rand_int8((src, k), seeded).to(DEV))
+        a_rows.copy_(torch.randint(0, src * div, (rows,), generator=seeded, dtype=torch.int32).to(DEV))
+        graph.replay()
+        torch.cuda.synchronize()
+        copied = a_src[a_rows.long() // div]
+        assert_close(out, ref_hybrid(copied, a_q, a_f, b, b_scale, offsets, 128, s), torch.bfloat16,
+                     int(offsets[-1]))
 
 
 @gpu
@@ -471,6 +554,17 @@ def test_input_errors():
         hy(a, a_q, torch.ones(rows, 2, device=DEV), b, bs, off, 128, 65, 16)
     with pytest.raises(MoejitInputError, match="b_scale must be"):
         hy(a, a_q, a_f, b, torch.ones(e, device=DEV), off, 128, 65, 16)
+    idx = torch.zeros(rows, dtype=torch.int32, device=DEV)
+    with pytest.raises(MoejitInputError, match="a_rows must have dtype int32"):
+        hy(a, a_q, a_f, b, bs, off, 128, 65, 16, a_rows=idx.long())
+    with pytest.raises(MoejitInputError, match="a_rows_div must be a positive int"):
+        hy(a, a_q, a_f, b, bs, off, 128, 65, 16, a_rows=idx, a_rows_div=0)
+    with pytest.raises(MoejitInputError, match="only meaningful with a_rows"):
+        hy(a, a_q, a_f, b, bs, off, 128, 65, 16, a_rows_div=2)
+    with pytest.raises(MoejitInputError, match="a_q must be"):  # a_q counts the gathered rows
+        hy(a, a_q, a_f, b, bs, off, 128, 65, 16, a_rows=torch.zeros(rows + 1, dtype=torch.int32, device=DEV))
+    with pytest.raises(MoejitInputError, match="no rows to gather"):
+        hy(a[:0], a_q, a_f, b, bs, off, 128, 65, 16, a_rows=idx)
     # The C++ checks stand on their own (torch.ops called directly).
     op = registry.op("int8_hybrid_grouped_mm")
     with pytest.raises(RuntimeError, match="overflow the int32 super-group sum"):
@@ -479,3 +573,12 @@ def test_input_errors():
         op(a[:, :144].contiguous(), a_q, a_f, b[:, :, :144].contiguous(), bs, off, 128, 65, 16, torch.bfloat16)
     with pytest.raises(RuntimeError, match="block_size must be 128"):
         op(a, a_q, a_f, b, bs, off, 64, 65, 16, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="a_rows must be int32"):
+        op(a, a_q, a_f, b, bs, off, 128, 65, 16, torch.bfloat16, idx.long(), 1)
+    with pytest.raises(RuntimeError, match="a_rows_div must be >= 1"):
+        op(a, a_q, a_f, b, bs, off, 128, 65, 16, torch.bfloat16, idx, 0)
+    with pytest.raises(RuntimeError, match="only meaningful with a_rows"):
+        op(a, a_q, a_f, b, bs, off, 128, 65, 16, torch.bfloat16, None, 2)
+    with pytest.raises(RuntimeError, match="a_q must be"):
+        op(a, a_q, a_f, b, bs, off, 128, 65, 16, torch.bfloat16, torch.zeros(rows + 1, dtype=torch.int32,
+                                                                            device=DEV), 1)

@@ -149,16 +149,21 @@ def test_layer_matches_reference(shape, m, fused_silu, fused_perm, seeded):
 
 @pytest.mark.parametrize("shape, m", [(QWEN, 1), (QWEN, 333), (QWEN, 4096), (MIXTRAL, 96)],
                          ids=lambda v: str(v["e"]) if isinstance(v, dict) else str(v))
-def test_unfused_front_end_is_bit_identical(shape, m, seeded):
-    """The unfused front end quantizes the token rows and then permutes their int8 copies with Q and F; the fused
-    kernel quantizes while it scatters. Both hand GEMM1 the same bytes, so the layers agree bit for bit (dropped
+def test_unfused_front_end_is_bit_identical(shape, m, seeded, monkeypatch):
+    """The unfused front end quantizes the token rows and then permutes their int8 copies with Q and F (or, with
+    MOEJIT_INT8_HYBRID_GATHER=1, lets GEMM1 read the token rows through sort_idx: the SM90 kernels' gathering
+    producer from 32 rows per expert on, here at Qwen3.6 M=4096, the SM80 path's row copy below); the fused kernel
+    quantizes while it scatters. All three hand GEMM1 the same bytes, so the layers agree bit for bit (dropped
     slots included)."""
     w13_q, w13_s, w2_q, w2_s = _weights(shape)
     hidden, ids, tw = _inputs(shape, m, seeded)
     ids[::5, 0] = -1
-    outs = [ops.cutlass_moe_int8_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids, fused_permute_quant=perm)
-            for perm in (False, True)]
+    outs = []
+    for perm, gather in ((False, "0"), (True, "0"), (False, "1")):
+        monkeypatch.setenv("MOEJIT_INT8_HYBRID_GATHER", gather)
+        outs.append(ops.cutlass_moe_int8_hybrid(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids, fused_permute_quant=perm))
     assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[2])
     ref = moe_int8_hybrid_ref(hidden, w13_q, w2_q, w13_s, w2_s, tw, ids)
     assert rel_error(outs[0].float(), ref) <= 1e-2
 
@@ -228,8 +233,9 @@ def _check_graph_replay(run, reference, seeded):
     assert rel_error(out.float(), reference(hidden, ids, tw)) <= 1e-2
 
 
-@pytest.mark.parametrize("fused_silu, fused_perm", [(True, False), (False, True)])
-def test_layer_cuda_graph(fused_silu, fused_perm, seeded):
+@pytest.mark.parametrize("fused_silu, fused_perm, gather", [(True, False, "0"), (False, True, "0"), (True, False, "1")])
+def test_layer_cuda_graph(fused_silu, fused_perm, gather, seeded, monkeypatch):
+    monkeypatch.setenv("MOEJIT_INT8_HYBRID_GATHER", gather)
     w13_q, w13_s, w2_q, w2_s = _weights(QWEN)
     _check_graph_replay(
         lambda h, i, t: ops.cutlass_moe_int8_hybrid(h, w13_q, w2_q, w13_s, w2_s, t, i, fused_silu_quant=fused_silu,

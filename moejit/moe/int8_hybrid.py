@@ -8,7 +8,7 @@ Pipeline of :func:`cutlass_moe_int8_hybrid` (nothing synchronizes with the host;
     permute+quant       int8_hybrid_permute_quant(hidden, …)            (fused_permute_quant=True: one kernel,
                                                                          each token row quantized once, written
                                                                          to its slots)
-    GEMM1  int8_hybrid_grouped_mm(xq, Q, F, w13_q, w13_scale)  → [rows, 2N] in hidden.dtype
+    GEMM1  int8_hybrid_grouped_mm(xq, Q, F, w13_q, w13_scale[, a_rows=sort_idx])  → [rows, 2N] in hidden.dtype
     act    int8_hybrid_silu_quant(h)                            (fused_silu_quant=True)
            or silu_and_mul(h) → int8_hybrid_quant               (fused_silu_quant=False)
     GEMM2  int8_hybrid_grouped_mm(…, w2_q, w2_scale)            → [rows, K]
@@ -22,6 +22,12 @@ the int8 one (at Qwen3.6-35B-A3B M=8192 it moves ~200 MB instead of ~670 MB). Th
 not permuted rows: it calls the common module's ``moe_permute`` with a zero-width ``[M, 0]`` hidden tensor,
 which runs the same sort, expert offsets and inverse map and copies no rows (so the sort is identical to the
 unfused path's).
+
+``MOEJIT_INT8_HYBRID_GATHER=1`` (a benchmarking switch, default 0) has the unfused path copy no int8 rows either:
+it sorts with the zero-width ``moe_permute`` and GEMM1 reads the token rows through ``sort_idx``
+(``int8_hybrid_grouped_mm(..., a_rows=sort_idx, a_rows_div=topk)``). The same bytes reach the GEMM (bit-identical
+output), but on an H200 the SM90 kernel's gathering producer made GEMM1 37% slower than the row copy it saves
+(``docs/int8_gemm.md``), so it is off.
 
 Super groups: the layer passes the *effective* super group ``S_eff = min(super_group_size, safe)`` (see
 :mod:`moejit.int8.format`) to both quantizers and GEMMs, so a requested super group longer than the overflow-safe
@@ -46,6 +52,7 @@ from moejit.int8.format import HybridFormat
 
 ENV_FUSED_SILU_QUANT = ("MOEJIT_INT8_HYBRID_FUSED_SILU_QUANT", "VLLM_INT8_HYBRID_FUSED_SILU_QUANT")
 ENV_FUSED_PERMUTE_QUANT = ("MOEJIT_INT8_HYBRID_FUSED_PERMUTE_QUANT", "VLLM_INT8_HYBRID_FUSED_PERMUTE_QUANT")
+ENV_GATHER = ("MOEJIT_INT8_HYBRID_GATHER",)  # the unfused front end without a row copy (module docstring)
 
 # The hybrid grouped GEMM. None: ``moejit.ops.int8.int8_hybrid_grouped_mm`` (the CUTLASS op), imported on first
 # use. Tests may set this to a torch implementation of the same contract.
@@ -186,6 +193,7 @@ def hybrid_stages(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_i
     topk = topk_ids.shape[1]
     dtype = hidden.dtype
     mm = _grouped_mm()
+    gather = not fused_permute_quant and env_flag(ENV_GATHER, False)
     st: dict = {}
     stages: list[tuple[str, Callable[[], None]]] = []
 
@@ -201,16 +209,20 @@ def hybrid_stages(hidden, w13_q, w2_q, w13_scale, w2_scale, topk_weights, topk_i
             st["tokens"] = int8_hybrid_quant(hidden, b, s, qm)
 
         def permute():
-            # the token rows' int8 copies, and the Q and F rows of the token each permuted row copies (module
-            # docstring: the same bytes as quantizing the permuted 16-bit rows)
+            # the token rows' int8 copies (or, gathering, only the sort: GEMM1 reads the token rows through
+            # sort_idx), and the Q and F rows of the token each permuted row copies (module docstring: the same
+            # bytes as quantizing the permuted 16-bit rows)
             xq, q, f = st.pop("tokens")
-            rows, st["offsets"], sort_idx, st["inv_idx"] = common.moe_permute(xq, topk_ids, num_experts)
-            st["a1"] = (rows, *int8_hybrid_permute_scales(q, f, sort_idx, topk))
+            rows, st["offsets"], sort_idx, st["inv_idx"] = common.moe_permute(
+                hidden.new_empty((m, 0)) if gather else xq, topk_ids, num_experts)
+            st["a1"] = (xq if gather else rows, *int8_hybrid_permute_scales(q, f, sort_idx, topk))
+            st["a1_rows"] = sort_idx
         stages += [("quant", quant), ("permute", permute)]
 
     def gemm1():
         a1, a1_q, a1_f = st["a1"]
-        st["h"] = mm(a1, a1_q, a1_f, w13_q, w13_scale, st["offsets"], b, s_eff, qm, dtype)
+        rows = {"a_rows": st["a1_rows"], "a_rows_div": topk} if gather else {}
+        st["h"] = mm(a1, a1_q, a1_f, w13_q, w13_scale, st["offsets"], b, s_eff, qm, dtype, **rows)
     stages.append(("GEMM1", gemm1))
 
     if fused_silu_quant:

@@ -29,8 +29,9 @@ def _int8_grouped_mm_fake(a, a_scale, b, b_scale, expert_offsets, out_dtype):
 
 @registry.define("int8_hybrid_grouped_mm", module=MODULE)
 def _int8_hybrid_grouped_mm_fake(a, a_q, a_f, b, b_scale, expert_offsets, block_size, super_group_size, q_max,
-                                 out_dtype):
-    return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+                                 out_dtype, a_rows=None, a_rows_div=1):
+    rows = a.shape[0] if a_rows is None else a_rows.shape[0]
+    return a.new_empty((rows, b.shape[1]), dtype=out_dtype)
 
 
 def _check_operands(a, b, expert_offsets, out_dtype):
@@ -93,7 +94,8 @@ def max_safe_super_group(block_size: int, q_max: int) -> int:
 def int8_hybrid_grouped_mm(a: torch.Tensor, a_q: torch.Tensor, a_f: torch.Tensor, b: torch.Tensor,
                            b_scale: torch.Tensor, expert_offsets: torch.Tensor, block_size: int = HYBRID_BLOCK_SIZE,
                            super_group_size: int = 65, q_max: int = 16,
-                           out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+                           out_dtype: torch.dtype = torch.bfloat16, a_rows: torch.Tensor | None = None,
+                           a_rows_div: int = 1) -> torch.Tensor:
     """INT8 hybrid blockwise (Q/F) grouped GEMM (design.md, "INT8 hybrid blockwise").
 
     For row m of expert e and column n, with blocks b of ``block_size`` along K and super groups g of
@@ -116,11 +118,33 @@ def int8_hybrid_grouped_mm(a: torch.Tensor, a_q: torch.Tensor, a_f: torch.Tensor
             with its own F, so the int32 sums can never overflow.
         q_max: the largest Q.
         out_dtype: torch.bfloat16 or torch.float16.
+        a_rows, a_rows_div: an optional row gather. With ``a_rows`` (int32 ``[R]``) the GEMM has R rows and row r
+            is ``a[a_rows[r] // a_rows_div]`` of ``a [T, K]``, while ``a_q``, ``a_f``, ``expert_offsets`` and the
+            output count the R rows. With :func:`moejit.ops.moe_permute`'s ``sort_idx`` and ``topk`` GEMM1 reads
+            each token's int8 row where it is and no permuted copy is written (the hybrid layer's
+            ``MOEJIT_INT8_HYBRID_GATHER=1``). The SM90 kernels gather in their producer warps (on an H200 37%
+            slower than the same GEMM on copied rows, ``docs/int8_gemm.md``); for the SM80 ones the op copies
+            the rows first. Indices of rows
+            below ``expert_offsets[E]`` must lie in ``[0, T · a_rows_div)``; they are not checked on the host
+            (that would synchronize), and the kernels clamp them to ``[0, T)``, so a bad index gives a wrong row,
+            never an out-of-bounds read.
 
     Returns:
         ``[rows, N]`` in ``out_dtype``; rows at or past ``expert_offsets[E]`` are left unwritten.
     """
-    rows, e, n, k = _check_operands(a, b, expert_offsets, out_dtype)
+    _, e, n, k = _check_operands(a, b, expert_offsets, out_dtype)
+    if a_rows is None:
+        if a_rows_div != 1:
+            raise MoejitInputError(f"a_rows_div = {a_rows_div!r} is only meaningful with a_rows")
+        rows = a.shape[0]
+    else:
+        check_tensor("a_rows", a_rows, dtypes=(torch.int32,), ndim=1, contiguous=True)
+        check_same_device(a=a, a_rows=a_rows)
+        if isinstance(a_rows_div, bool) or not isinstance(a_rows_div, int) or not 1 <= a_rows_div < _INT32_LIMIT:
+            raise MoejitInputError(f"a_rows_div must be a positive int, got {a_rows_div!r}")
+        rows = a_rows.shape[0]
+        if rows and a.shape[0] == 0:
+            raise MoejitInputError(f"a has no rows to gather {rows} rows from")
     for name, value in (("block_size", block_size), ("super_group_size", super_group_size), ("q_max", q_max)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise MoejitInputError(f"{name} must be a positive int, got {value!r}")
@@ -147,4 +171,5 @@ def int8_hybrid_grouped_mm(a: torch.Tensor, a_q: torch.Tensor, a_f: torch.Tensor
     if tuple(b_scale.shape) != (e, n):
         raise MoejitInputError(f"b_scale must be [E, N] = [{e}, {n}] (per output channel), got {tuple(b_scale.shape)}")
     return registry.op("int8_hybrid_grouped_mm")(a, a_q, a_f, b, b_scale, expert_offsets, int(block_size),
-                                                 int(super_group_size), int(q_max), out_dtype)
+                                                 int(super_group_size), int(q_max), out_dtype, a_rows,
+                                                 int(a_rows_div))

@@ -97,10 +97,13 @@ def int8_hybrid_mm_ref(a: torch.Tensor, a_q: torch.Tensor, a_f: torch.Tensor, b:
 
 
 def int8_hybrid_grouped_mm_ref(a, a_q, a_f, b, b_scale, expert_offsets, block_size, super_group_size_eff,
-                               q_max, out_dtype) -> torch.Tensor:
+                               q_max, out_dtype, a_rows=None, a_rows_div=1) -> torch.Tensor:
     """Reference of ``moejit.ops.int8.int8_hybrid_grouped_mm`` (the pinned contract): expert e multiplies rows
     ``expert_offsets[e]:expert_offsets[e+1]`` of ``a`` by ``b[e]``; rows ``>= expert_offsets[E]`` are zero here
-    (the kernel leaves them unwritten). Reads the offsets on the host: a reference, not for graphs."""
+    (the kernel leaves them unwritten). With ``a_rows``, row r is ``a[a_rows[r] // a_rows_div]`` (clamped to
+    ``a``'s rows, as the kernels clamp). Reads the offsets on the host: a reference, not for graphs."""
+    if a_rows is not None:
+        a = a[(a_rows.long() // a_rows_div).clamp(0, a.shape[0] - 1)]
     out = torch.zeros((a.shape[0], b.shape[1]), dtype=out_dtype, device=a.device)
     offs = expert_offsets.tolist()
     for e in range(b.shape[0]):
