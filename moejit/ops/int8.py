@@ -124,10 +124,9 @@ def int8_hybrid_grouped_mm(a: torch.Tensor, a_q: torch.Tensor, a_f: torch.Tensor
             each token's int8 row where it is and no permuted copy is written (the hybrid layer's
             ``MOEJIT_INT8_HYBRID_GATHER=1``). The SM90 kernels gather in their producer warps (on an H200 37%
             slower than the same GEMM on copied rows, ``docs/int8_gemm.md``); for the SM80 ones the op copies
-            the rows first. Indices of rows
-            below ``expert_offsets[E]`` must lie in ``[0, T · a_rows_div)``; they are not checked on the host
-            (that would synchronize), and the kernels clamp them to ``[0, T)``, so a bad index gives a wrong row,
-            never an out-of-bounds read.
+            the rows first. Indices of rows below ``expert_offsets[E]`` must lie in ``[0, T · a_rows_div)``; they
+            are not checked on the host (that would synchronize), and the kernels clamp them to ``[0, T)``, so a
+            bad index gives a wrong row, never an out-of-bounds read.
 
     Returns:
         ``[rows, N]`` in ``out_dtype``; rows at or past ``expert_offsets[E]`` are left unwritten.
