@@ -6,7 +6,6 @@
 // for every row r of expert e (expert_offsets, int32 [E+1], read on the device only). Rows at or past
 // expert_offsets[E] are not written. The kernels are in int8_grouped_gemm_sm80.cuh.
 
-#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -55,28 +54,7 @@ __global__ void tile_schedule_kernel(const int32_t* __restrict__ expert_offsets,
   if (threadIdx.x == kScheduleThreads - 1) tile_offsets[num_experts] = partial[threadIdx.x];
 }
 
-// out[r] = a[min(rows[r] / div, src_rows - 1)] for K-byte int8 rows (K % 16 == 0): a warp per row, 16 bytes a lane.
-__global__ void gather_rows_kernel(const int8_t* __restrict__ a, const int32_t* __restrict__ rows, int div,
-                                   int src_rows, int8_t* __restrict__ out, int num_rows, int k) {
-  const int warps = blockDim.x / 32;
-  const int lane = threadIdx.x % 32;
-  for (int r = blockIdx.x * warps + threadIdx.x / 32; r < num_rows; r += gridDim.x * warps) {
-    const int src = min(max(rows[r] / div, 0), src_rows - 1);
-    const int4* from = reinterpret_cast<const int4*>(a + static_cast<int64_t>(src) * k);
-    int4* to = reinterpret_cast<int4*>(out + static_cast<int64_t>(r) * k);
-    for (int c = lane; c < k / 16; c += 32) to[c] = __ldg(from + c);
-  }
-}
-
 }  // namespace
-
-void launch_gather_rows(const int8_t* a, const int32_t* rows, int div, int src_rows, int8_t* out, int num_rows, int k,
-                        cudaStream_t stream) {
-  constexpr int kThreads = 256;
-  const int blocks = std::max(1, std::min((num_rows + kThreads / 32 - 1) / (kThreads / 32), 4096));
-  gather_rows_kernel<<<blocks, kThreads, 0, stream>>>(a, rows, div, src_rows, out, num_rows, k);
-  MOEJIT_CUDA_LAUNCH_CHECK();
-}
 
 void launch_tile_schedule(const int32_t* expert_offsets, int32_t* tile_offsets, int num_experts, int rows,
                           int tile_m, int tile_n, int n, cudaStream_t stream) {
@@ -139,11 +117,9 @@ PreparedLaunch prepare_launch(const char* op, const at::Tensor& a, const at::Ten
       params.a_rows = gather->rows.data_ptr<int32_t>();
       params.a_rows_div = static_cast<int>(gather->div);
       params.a_src_rows = static_cast<int>(a.size(0));
-    } else {
-      launch.gathered = at::empty({rows, k}, a.options());
-      launch_gather_rows(a.data_ptr<int8_t>(), gather->rows.data_ptr<int32_t>(), static_cast<int>(gather->div),
-                         static_cast<int>(a.size(0)), launch.gathered.data_ptr<int8_t>(), static_cast<int>(rows),
-                         static_cast<int>(k), stream);
+    } else {  // the SM80 kernels read A as a plain matrix: copy the rows (on the current stream, i.e. `stream`)
+      const at::Tensor src = at::div(gather->rows, gather->div, "trunc").clamp(0, a.size(0) - 1);
+      launch.gathered = a.index_select(0, src);
       params.a = launch.gathered.data_ptr<int8_t>();
     }
   }

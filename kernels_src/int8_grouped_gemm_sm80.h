@@ -59,11 +59,6 @@ constexpr int kTileN = 64;
 void launch_tile_schedule(const int32_t* expert_offsets, int32_t* tile_offsets, int num_experts, int rows,
                           int tile_m, int tile_n, int n, cudaStream_t stream);
 
-// out[r, :] = a[min(rows[r] / div, src_rows - 1), :] for r < num_rows (int8 rows of k bytes, k % 16 == 0, 16-byte
-// aligned) on `stream`: the row gather of the SM80 kernels (the SM90 ones gather in their producer).
-void launch_gather_rows(const int8_t* a, const int32_t* rows, int div, int src_rows, int8_t* out, int num_rows, int k,
-                        cudaStream_t stream);
-
 // The grouped GEMM kernel launch for one tile shape / mode / output type (explicitly instantiated in
 // int8_gemm_inst_*.cu). kHybrid selects the Q/F mainloop; kMultiGroup (hybrid only) keeps a float accumulator across
 // several super groups (num_groups > 1).

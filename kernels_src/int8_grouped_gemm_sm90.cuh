@@ -208,6 +208,18 @@ CUTLASS_DEVICE void stage_schedule(const GroupedGemmParams& p, SharedStorage& sh
   }
 }
 
+// The TMA views of tile t's B: (tBgB, tBsB) with copy(kp.tma_b.with(barrier), tBgB(_, kb), tBsB(_, stage)) loading
+// K block kb of the tile's 128 weight rows into a stage (both producers).
+template <int kCluster>
+CUTLASS_DEVICE auto tile_b_views(const KernelParams<kCluster>& kp, SharedStorage& shared, const TileCoord& t) {
+  const GroupedGemmParams& p = kp.p;
+  Tensor mB = kp.tma_b.get_tma_tensor(make_shape(p.num_experts * p.n, p.k));
+  Tensor sB = make_tensor(make_smem_ptr(shared.b), Config::SmemLayoutB{});
+  Tensor gB = local_tile(domain_offset(make_coord(t.expert * p.n + t.col0, 0), mB),
+                         Shape<Int<Config::kBN>, Int<Config::kBK>>{}, make_coord(0, _));  // (BN, BK, k)
+  return tma_partition(kp.tma_b, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sB), group_modes<0, 2>(gB));
+}
+
 template <int kCluster>
 CUTLASS_DEVICE void producer(const KernelParams<kCluster>& kp, SharedStorage& shared) {
   const GroupedGemmParams& p = kp.p;
@@ -216,9 +228,7 @@ CUTLASS_DEVICE void producer(const KernelParams<kCluster>& kp, SharedStorage& sh
   const int total_tiles = p.num_experts <= kSmemExperts ? shared.tile_offsets[p.num_experts]
                                                          : p.tile_offsets[p.num_experts];
   Tensor mA = kp.tma_a.get_tma_tensor(make_shape(p.rows, p.k));
-  Tensor mB = kp.tma_b.get_tma_tensor(make_shape(p.num_experts * p.n, p.k));
   Tensor sA = make_tensor(make_smem_ptr(shared.a), Config::SmemLayoutAHalves{});  // (64, BK, 2 * stages)
-  Tensor sB = make_tensor(make_smem_ptr(shared.b), Config::SmemLayoutB{});
   int stage = 0;
   uint32_t phase = 1;  // a fresh "empty" barrier counts as consumed
   TileWalker walker{p, shared, tiles_n};
@@ -229,11 +239,9 @@ CUTLASS_DEVICE void producer(const KernelParams<kCluster>& kp, SharedStorage& sh
     const bool one_half = upper_half_empty(kp.half_tiles, t.m_e, t.row0);
     Tensor gA = local_tile(domain_offset(make_coord(t.row_begin + t.row0, 0), mA),
                            Shape<Int<Config::kBM / 2>, Int<Config::kBK>>{}, make_coord(_, _));  // (64, BK, 2.., k)
-    Tensor gB = local_tile(domain_offset(make_coord(t.expert * p.n + t.col0, 0), mB),
-                           Shape<Int<Config::kBN>, Int<Config::kBK>>{}, make_coord(0, _));  // (BN, BK, k)
     auto [tAgA, tAsA] = tma_partition(kp.tma_a, rank, Layout<Int<kCluster>>{}, group_modes<0, 2>(sA),
                                       group_modes<0, 2>(gA));
-    auto [tBgB, tBsB] = tma_partition(kp.tma_b, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sB), group_modes<0, 2>(gB));
+    auto [tBgB, tBsB] = tile_b_views(kp, shared, t);
     for (int kb = 0; kb < k_tiles; ++kb) {
       cutlass::arch::ClusterBarrier::wait(&shared.empty[stage], phase);
       cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(
@@ -301,13 +309,8 @@ CUTLASS_DEVICE void producer_gather(const KernelParams<1>& kp, SharedStorage& sh
     }
     for (int kb = 0; kb < k_tiles; ++kb) {
       cutlass::arch::ClusterBarrier::wait(&shared.empty[stage], phase);
-      if (ptid == 0) {
-        Tensor mB = kp.tma_b.get_tma_tensor(make_shape(p.num_experts * p.n, p.k));
-        Tensor sB = make_tensor(make_smem_ptr(shared.b), Config::SmemLayoutB{});
-        Tensor gB = local_tile(domain_offset(make_coord(t.expert * p.n + t.col0, 0), mB),
-                               Shape<Int<Config::kBN>, Int<Config::kBK>>{}, make_coord(0, _));  // (BN, BK, k)
-        auto [tBgB, tBsB] = tma_partition(kp.tma_b, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sB),
-                                          group_modes<0, 2>(gB));
+      if (ptid == 0) {  // the views are made here, not per tile: held across the loop they would cost every thread
+        auto [tBgB, tBsB] = tile_b_views(kp, shared, t);
         cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&shared.full[stage],
                                                                        Config::kBN * Config::kBK);
         copy(kp.tma_b.with(shared.full[stage]), tBgB(_, kb), tBsB(_, stage));
