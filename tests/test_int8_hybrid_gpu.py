@@ -40,6 +40,7 @@ def test_quant_bit_exact(dtype, t, k, s, seeded):
     x[0, :256] = 0
     if t > 2:
         x[1] = 0
+        x[2] *= 1e-30  # steps below 2^-90: the kernel's division falls back from reciprocals to div_rn
     got = ops.int8_hybrid_quant(x.cuda(), 128, s, 16)
     ref = int8_hybrid_quant_ref(x, 128, s, 16)
     for name, g, r in zip(("xq", "Q", "F"), got, ref):

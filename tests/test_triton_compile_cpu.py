@@ -95,7 +95,7 @@ def test_int8_hybrid_layer_kernels_compile_for_hopper(compiled, monkeypatch, sha
     from moejit.int8.format import HybridFormat
     from moejit.moe.triton_int8 import _fused_moe_hybrid
 
-    monkeypatch.setattr(int8_quant, "_interpreting", lambda: True)  # lets the quantizers take meta tensors
+    monkeypatch.setattr(int8_quant, "interpreting", lambda: True)  # lets the quantizers take meta tensors
     a, w1, w2, (tw, ids), s1, s2 = _layer_inputs(torch.int8, shape, "token_channel", m)
     out = _fused_moe_hybrid(a, w1, w2, s1, s2, tw, ids, HybridFormat(128, 256, 16))
     assert out.shape == a.shape
@@ -110,7 +110,7 @@ def test_int8_hybrid_layer_kernels_compile_for_hopper(compiled, monkeypatch, sha
 @pytest.mark.parametrize("variant", ["plain", "permute", "silu", "scales"])
 @pytest.mark.parametrize("k", [2048, 7168])
 def test_int8_hybrid_quantizers_compile_for_hopper(compiled, monkeypatch, variant, k):
-    monkeypatch.setattr(int8_quant, "_interpreting", lambda: True)  # lets the wrappers take meta tensors
+    monkeypatch.setattr(int8_quant, "interpreting", lambda: True)  # lets the wrappers take meta tensors
     rows = 512
     if variant == "plain":
         int8_quant.int8_hybrid_quant(torch.empty(rows, k, dtype=torch.bfloat16, **META))
@@ -128,6 +128,8 @@ def test_int8_hybrid_quantizers_compile_for_hopper(compiled, monkeypatch, varian
     expected = expected.get(variant, ["_int8_hybrid_quant_kernel"])
     assert [c.kernel for c in compiled] == expected
     assert all(c.shared <= MAX_SHARED_BYTES for c in compiled)
+    # the compiled quantizer divides by reciprocals with an fma correction (the interpreter's path is div_rn)
+    assert all(c.constexprs["FAST"] for c in compiled if c.kernel == "_int8_hybrid_quant_kernel")
 
 
 @pytest.mark.parametrize("dtype, shape, m", [(FP8, "mixtral-8x7b", 8192), (FP8, "qwen3.6-35b-a3b", 64),

@@ -157,6 +157,28 @@ def test_quant_exact(gen, mode):
     assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
 
 
+@pytest.mark.parametrize("q_dtype", [FP8, torch.int8])
+@pytest.mark.parametrize("rows, cols", [(4099, 512), (301, 2048), (64, 4096), (200, 14336), (700, 14336)])
+def test_per_token_quant_exact(gen, q_dtype, rows, cols):
+    """Per-token scales through both kernels (tiles of several rows read once; wide rows of many rows in two
+    passes, ``token_tile``), with dropped rows, an all-zero row, a row at the minimum scale and one whose scale
+    is past the reciprocal division's range (2^100, its ``div_rn`` fallback): bit for bit as the reference."""
+    from moejit.reference import int8_quant_w8a8_ref
+    from moejit.triton.quant import quantize_activations, token_tile
+
+    x = (torch.randn(rows, cols, device="cuda", generator=gen) * 4).to(torch.bfloat16)
+    x[1], x[2], x[3] = 0, x[2] * 1e-30, x[3] * 1e33
+    ids = torch.randint(-1, 4, (rows, 1), device="cuda", generator=gen, dtype=torch.int32)
+    ids[:4] = 0
+    q, s = quantize_activations(x, q_dtype, per_token=True, topk_ids=ids, num_experts=4)
+    live = ids.flatten() >= 0
+    ref = fp8_quant_ref if q_dtype == FP8 else int8_quant_w8a8_ref
+    rq, rs = ref(x[live], per_token=True)
+    assert torch.equal(s[live].view(torch.int32), rs.view(torch.int32))
+    assert torch.equal(q[live].view(torch.uint8), rq.view(torch.uint8))
+    assert (token_tile(cols, rows) is None) == (rows == 700), "the cases must cover both kernels"
+
+
 @pytest.mark.parametrize("mode", ["static", "tensor", "token", "group"])
 @pytest.mark.parametrize("q_dtype", [FP8, torch.int8])
 def test_quant_keeps_nan(mode, q_dtype):

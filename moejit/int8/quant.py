@@ -16,9 +16,13 @@ One kernel, three producers selected at compile time:
 Each program quantizes one (row, super group): it loads the group's ``S_eff`` blocks as one ``[S_pad, B]`` tile,
 so the group maximum, F, every Q and every xq come from a single read of the input. The arithmetic is exactly
 :func:`moejit.reference.int8.int8_hybrid_quant_ref`'s: IEEE divisions (``div_rn``), ``ceil``, clamps, and
-round-half-away-from-zero computed as ``t = trunc(v); t + (v - t ≥ .5) - (v - t ≤ -.5)``; so the plain and the
-permuted quantizers are bit-identical to the reference. The SiLU variant differs from ``silu`` in torch by the last
-bits of ``exp`` (and so, rarely, by one step of xq or Q at a rounding boundary).
+round-half-away-from-zero; so the plain and the permuted quantizers are bit-identical to the reference. Compiled,
+the per-element division is one reciprocal a block with an exact fma correction (the same bits:
+:func:`moejit.triton.quant.div_rn_by_rows`) and the rounding is ``trunc(v ± (0.5 - 2^-25))`` (exact for every
+float32 |v| ≤ 127). The SiLU variant computes ``silu`` with ``ex2.approx.ftz`` and ``div.approx.ftz`` when
+compiled, so it differs from torch's in the last bits (and, rarely, by one step of xq or Q at a rounding boundary).
+On an H200 these took the SiLU quantizer at 65536 × 1024 from 59.4 to 44.1 µs (the same bytes out on that input)
+and the plain one at 8192 × 2048 from 21.6 to 20.2.
 
 The wrappers accept CPU tensors when Triton runs in interpreter mode (``TRITON_INTERPRET=1``), which the CPU tests
 use. Nothing synchronizes with the host: every wrapper is CUDA-graph capturable.
@@ -26,15 +30,14 @@ use. Nothing synchronizes with the host: every wrapper is CUDA-graph capturable.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import libdevice
 
 from moejit.errors import MoejitInputError
 from moejit.int8.format import HybridFormat
-from moejit.triton.quant import nanmax
+from moejit.triton.quant import div_rn_by_rows, exact_fma, interpreting, nanmax
 
 _ACT_TYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -73,7 +76,7 @@ def _permute_scales_kernel(sort_idx_ptr, q_ptr, f_ptr, q_out_ptr, f_out_ptr, row
 def _int8_hybrid_quant_kernel(x_ptr, idx_ptr, xq_ptr, q_ptr, f_ptr,
                               K, x_row_stride, num_blocks, num_groups, TOPK: tl.constexpr,
                               S_EFF: tl.constexpr, S_PAD: tl.constexpr, BLOCK: tl.constexpr,
-                              Q_MAX: tl.constexpr, MODE: tl.constexpr):
+                              Q_MAX: tl.constexpr, MODE: tl.constexpr, FAST: tl.constexpr):
     row = tl.program_id(0)  # the source row (MODE_SCATTER: a token row, stored to TOPK rows)
     grp = tl.program_id(1)
     lane = tl.arange(0, S_PAD)
@@ -85,7 +88,10 @@ def _int8_hybrid_quant_kernel(x_ptr, idx_ptr, xq_ptr, q_ptr, f_ptr,
     if MODE == 2:
         gate = tl.load(base + col, mask=mask, other=0.0).to(tl.float32)
         up = tl.load(base + K + col, mask=mask, other=0.0).to(tl.float32)
-        x = gate / (1.0 + tl.exp(-gate)) * up
+        if FAST:  # ex2.approx.ftz and div.approx: no subnormal range handling around either
+            x = libdevice.fast_dividef(gate, 1.0 + libdevice.fast_expf(-gate)) * up
+        else:
+            x = gate / (1.0 + tl.exp(-gate)) * up
     else:
         x = tl.load(base + col, mask=mask, other=0.0).to(tl.float32)
 
@@ -97,12 +103,12 @@ def _int8_hybrid_quant_kernel(x_ptr, idx_ptr, xq_ptr, q_ptr, f_ptr,
     q = tl.minimum(tl.maximum(q, 1.0), Q_MAX * 1.0)
     q = tl.where(live, q, 1.0)
     step = tl.where(live, q * f, 1.0)                            # [S_PAD]
-    v = tl.math.div_rn(x, tl.zeros_like(x) + step[:, None])
+    v = div_rn_by_rows(x, step, FAST)
     v = tl.where(live, v, 0.0)
     v = tl.minimum(tl.maximum(v, -127.0), 127.0)
-    t = v.to(tl.int32)                                           # truncation toward zero
-    frac = v - t.to(tl.float32)                                  # exact
-    r = t + (frac >= 0.5).to(tl.int32) - (frac <= -0.5).to(tl.int32)
+    # Round half away from zero: trunc(v ± (0.5 - 2^-25)), exact for every float32 |v| ≤ 127 (checked exhaustively
+    # against trunc + the fraction's comparisons with ±0.5, which is what the reference computes).
+    r = (v + tl.where(v < 0.0, -0.4999999701976776, 0.4999999701976776)).to(tl.int32)
 
     if MODE == 1:
         for j in tl.static_range(TOPK):
@@ -121,13 +127,6 @@ def _store_row(xq_ptr, q_ptr, f_ptr, out_row, live, K, num_blocks, num_groups, g
     tl.store(xq_ptr + out_row * K + col, r.to(tl.int8), mask=mask & live)
     tl.store(q_ptr + out_row * num_blocks + blk, q.to(tl.int32), mask=blk_ok & live)
     tl.store(f_ptr + out_row * num_groups + grp, f, mask=live)
-
-
-def _interpreting() -> bool:
-    knobs = getattr(triton, "knobs", None)
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _launch(x, idx, rows: int, k: int, x_row_stride: int, topk: int, fmt: HybridFormat, mode: int):
@@ -149,7 +148,8 @@ def _launch(x, idx, rows: int, k: int, x_row_stride: int, topk: int, fmt: Hybrid
     num_warps = max(1, min(16, tile // (1024 if mode == MODE_PLAIN else 512)))
     _int8_hybrid_quant_kernel[(x.shape[0], groups)](
         x, idx if idx is not None else x, xq, q, f, k, x_row_stride, nb, groups, TOPK=topk,
-        S_EFF=s_eff, S_PAD=s_pad, BLOCK=fmt.block_size, Q_MAX=fmt.q_max, MODE=mode, num_warps=num_warps)
+        S_EFF=s_eff, S_PAD=s_pad, BLOCK=fmt.block_size, Q_MAX=fmt.q_max, MODE=mode, FAST=exact_fma(),
+        num_warps=num_warps)
     return xq, q, f
 
 
@@ -168,7 +168,7 @@ def check_same_device(**tensors):
 
 
 def _check_act(name: str, x, ndim: int = 2):
-    check_tensor(name, x, dtypes=_ACT_TYPES, ndim=ndim, contiguous=True, cuda=not _interpreting())
+    check_tensor(name, x, dtypes=_ACT_TYPES, ndim=ndim, contiguous=True, cuda=not interpreting())
 
 
 def _check_slot_index(name: str, idx, m: int, topk, **same_device):
@@ -176,7 +176,7 @@ def _check_slot_index(name: str, idx, m: int, topk, **same_device):
     ``same_device``'s tensors."""
     if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
         raise MoejitInputError(f"topk must be a positive int, got {topk!r}")
-    check_tensor(name, idx, dtypes=(torch.int32,), ndim=1, contiguous=True, cuda=not _interpreting())
+    check_tensor(name, idx, dtypes=(torch.int32,), ndim=1, contiguous=True, cuda=not interpreting())
     check_same_device(**same_device, **{name: idx})
     if idx.numel() != m * topk:
         raise MoejitInputError(f"{name} has {idx.numel()} entries, expected M*topk = {m * topk}")
@@ -229,7 +229,7 @@ def int8_hybrid_permute_scales(q: torch.Tensor, f: torch.Tensor, sort_idx: torch
     int32 ``[M*topk]``, a permutation of ``[0, M*topk)``. Returns ``(Q int32 [M*topk, K/B], F float32 [M*topk,
     G])``.
     """
-    on_cuda = not _interpreting()
+    on_cuda = not interpreting()
     check_tensor("q", q, dtypes=(torch.int32,), ndim=2, contiguous=True, cuda=on_cuda)
     check_tensor("f", f, dtypes=(torch.float32,), ndim=2, contiguous=True, cuda=on_cuda)
     m = q.shape[0]
