@@ -47,6 +47,16 @@ def test_quant_mode_names():
     assert name == "E=8,N=14336,K=4096,topk=2,device_name=NVIDIA_H200,dtype=fp8_w8a8,quant=token_channel.json"
 
 
+def test_per_token_tile_rule():
+    """Per-token quantization reads rows up to 16384 columns once, four warps a program and about 4096 values
+    (several short rows) a program; wider rows go to the two-pass kernel."""
+    from moejit.triton.quant import token_tile
+
+    assert token_tile(512) == (512, 8, 4) and token_tile(2048) == (2048, 2, 4)
+    assert token_tile(14336) == (16384, 1, 4) and token_tile(100) == (128, 32, 4)
+    assert token_tile(16385) is None
+
+
 @pytest.mark.parametrize("m", [1, 4, 64, 512, 2048, 8192])
 @pytest.mark.parametrize("e,topk,k", [(8, 2, 4096), (256, 8, 2048), (256, 8, 7168), (128, 8, 16)])
 def test_heuristic_is_valid(m, e, topk, k):

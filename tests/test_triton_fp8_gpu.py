@@ -158,10 +158,10 @@ def test_quant_exact(gen, mode):
 
 
 @pytest.mark.parametrize("q_dtype", [FP8, torch.int8])
-@pytest.mark.parametrize("rows, cols", [(4099, 512), (301, 2048), (64, 4096), (200, 14336), (700, 14336)])
+@pytest.mark.parametrize("rows, cols", [(4099, 512), (301, 2048), (64, 4096), (700, 14336), (70, 20480)])
 def test_per_token_quant_exact(gen, q_dtype, rows, cols):
-    """Per-token scales through both kernels (tiles of several rows read once; wide rows of many rows in two
-    passes, ``token_tile``), with dropped rows, an all-zero row, a row at the minimum scale and one whose scale
+    """Per-token scales through both kernels (tiles of one or several rows read once; rows wider than 16384 in
+    two passes, ``token_tile``), with dropped rows, an all-zero row, a row at the minimum scale and one whose scale
     is past the reciprocal division's range (2^100, its ``div_rn`` fallback): bit for bit as the reference."""
     from moejit.reference import int8_quant_w8a8_ref
     from moejit.triton.quant import quantize_activations, token_tile
@@ -176,7 +176,7 @@ def test_per_token_quant_exact(gen, q_dtype, rows, cols):
     rq, rs = ref(x[live], per_token=True)
     assert torch.equal(s[live].view(torch.int32), rs.view(torch.int32))
     assert torch.equal(q[live].view(torch.uint8), rq.view(torch.uint8))
-    assert (token_tile(cols, rows) is None) == (rows == 700), "the cases must cover both kernels"
+    assert (token_tile(cols) is None) == (cols > 16384), "the cases must cover both kernels"
 
 
 @pytest.mark.parametrize("mode", ["static", "tensor", "token", "group"])

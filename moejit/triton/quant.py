@@ -14,9 +14,9 @@ the group's) scale NaN. Compiled Triton's plain ``max``/``min`` drop NaN (PTX ``
 is NaN-propagating (:func:`nanmax`), and the per-tensor amax is combined as int32 bits (non-negative floats order
 as their bits, and the canonical NaN is above +inf), because Triton's float ``atomic_max`` skips NaN.
 
-Dynamic per-token scales of rows up to 4096 columns (and of up to 512 rows up to 16384) come from a kernel that
-reads each row once, several rows a program, and divides by one reciprocal a row with an exact correction
-(:func:`div_rn_by_rows`: the same bits as ``div_rn``); the other modes run one program a row with ``div_rn``.
+Dynamic per-token scales of rows up to 16384 columns come from a kernel that reads each row once (several rows a
+program when they are short) and divides by one reciprocal a row with an exact correction (:func:`div_rn_by_rows`:
+the same bits as ``div_rn``); the other modes, and wider rows, run one program a row with ``div_rn``.
 
 Rows can be masked by ``topk_ids`` (slot ``r`` is live when ``0 <= topk_ids.flat[r] < E``): masked rows are
 skipped and do not contribute to a per-tensor amax — the intermediate of dropped slots is never written.
@@ -214,26 +214,24 @@ def _quant_token_tile_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, rows, stride_xm, stri
     tl.store(q_ptr + r.to(tl.int64)[:, None] * stride_qm + cols[None, :], y, mask=mask)
 
 
-def token_tile(n_cols: int, rows: int) -> tuple[int, int, int] | None:
-    """``(BLOCK, ROWS, num_warps)`` of :func:`_quant_token_tile_kernel` for ``rows`` rows of ``n_cols`` columns
-    (about 32 values a thread), or None for the two-pass ``_quant_rows_kernel``.
+def token_tile(n_cols: int) -> tuple[int, int, int] | None:
+    """``(BLOCK, ROWS, num_warps)`` of :func:`_quant_token_tile_kernel` for rows of ``n_cols`` columns, or None
+    for the two-pass ``_quant_rows_kernel`` (rows wider than TOKEN_TILE_MAX).
 
-    Measured on an H200 (per-token FP8, bf16 in; two-pass µs / one-pass µs): 65536 × 512 61.4 / 30.5, 65536 × 2048
-    133.7 / 108.4, 8192 × 4096 32.9 / 26.6, 128 × 14336 7.7 / 3.6, but 16384 × 14336 247.9 / 309.0: a row that
-    wide is one 16-warp program, one to an SM, which leaves no second program's loads to overlap its arithmetic.
-    So rows wider than TOKEN_TILE_WIDE take the tile only while there are few of them (decode).
+    Measured on an H200 (per-token e4m3 of bf16 rows, µs; two-pass kernel / this tile): 65536 × 512 61.4 / 30.5,
+    65536 × 2048 133.7 / 100.8, 8192 × 7168 70.2 / 52.3, 16384 × 14336 253.4 / 193.2, 1024 × 14336 17.5 / 14.4,
+    128 × 14336 7.7 / 3.6. Four warps a program were the fastest at every width: 16384 × 14336 took 316.0 /
+    305.0 / 333.4 µs with 8 / 16 / 32 warps (and 7 spilled registers at 4 warps do not show); two rows a program
+    at 16 warps 238.5.
     """
     block = triton.next_power_of_2(max(n_cols, 16))
-    if block > TOKEN_TILE_MAX or (block > TOKEN_TILE_WIDE and rows > TOKEN_TILE_FEW_ROWS):
+    if block > TOKEN_TILE_MAX:
         return None
-    tile_rows = max(1, TOKEN_TILE_ELEMS // block)
-    return block, tile_rows, max(4, min(16, tile_rows * block // 1024))
+    return block, max(1, TOKEN_TILE_ELEMS // block), 4
 
 
 TOKEN_TILE_MAX = 16384      # columns of the widest row read in one tile
-TOKEN_TILE_WIDE = 4096      # wider rows take the tile only when there are at most TOKEN_TILE_FEW_ROWS of them
-TOKEN_TILE_FEW_ROWS = 512
-TOKEN_TILE_ELEMS = 4096     # values a program (2048 measured the same, 8192 slower)
+TOKEN_TILE_ELEMS = 4096     # values a program for narrower rows (2048 measured the same, 8192 slower)
 
 
 def interpreting() -> bool:
@@ -293,7 +291,7 @@ def quantize_activations(x: torch.Tensor, q_dtype: torch.dtype = FP8_DTYPE, *, s
         if rows:
             _amax_kernel[(rows,)](x, s.view(torch.int32), ids, x.stride(0), n_cols, num_experts, HAS_SILU=silu_and_mul,
                                   HAS_IDS=has_ids, BLOCK=block, num_warps=4)
-    tile = token_tile(n_cols, rows) if mode == PER_TOKEN else None
+    tile = token_tile(n_cols) if mode == PER_TOKEN else None
     if rows and tile is not None:
         t_block, t_rows, t_warps = tile
         _quant_token_tile_kernel[(triton.cdiv(rows, t_rows),)](
