@@ -219,10 +219,10 @@ def token_tile(n_cols: int) -> tuple[int, int, int] | None:
     for the two-pass ``_quant_rows_kernel`` (rows wider than TOKEN_TILE_MAX).
 
     Measured on an H200 (per-token e4m3 of bf16 rows, µs; two-pass kernel / this tile): 65536 × 512 61.4 / 30.5,
-    65536 × 2048 133.7 / 100.8, 8192 × 7168 70.2 / 52.3, 16384 × 14336 253.4 / 193.2, 1024 × 14336 17.5 / 14.4,
-    128 × 14336 7.7 / 3.6. Four warps a program were the fastest at every width: 16384 × 14336 took 316.0 /
-    305.0 / 333.4 µs with 8 / 16 / 32 warps (and 7 spilled registers at 4 warps do not show); two rows a program
-    at 16 warps 238.5.
+    65536 × 2048 133.7 / 100.8, 8192 × 7168 70.2 / 52.3, 16384 × 14336 253.4 / 193.2, 1024 × 14336 17.5 / 14.4
+    (and 128 × 14336 7.7 / 3.6 with 16 warps). Four warps a program were the fastest wherever compared:
+    16384 × 14336 took 316.0 / 305.0 / 333.4 µs with 8 / 16 / 32 warps (the 7 registers spilled at 4 warps do
+    not show); two rows a program at 16 warps 238.5.
     """
     block = triton.next_power_of_2(max(n_cols, 16))
     if block > TOKEN_TILE_MAX:
