@@ -49,7 +49,8 @@ def qmax_of(dtype: torch.dtype) -> float:
 
 @triton.jit
 def _load_row_chunk(x_ptr, row, cols, mask, stride_xm, n_cols, HAS_SILU: tl.constexpr):
-    """float32 values of columns ``cols`` of one row: ``x`` itself, or ``silu(gate) * up`` rounded to x's dtype."""
+    """float32 values of columns ``cols`` of row ``row`` (or of rows ``row [R, 1]`` × ``cols [1, C]``): ``x``
+    itself, or ``silu(gate) * up`` rounded to x's dtype."""
     base = x_ptr + row.to(tl.int64) * stride_xm
     if HAS_SILU:
         g = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
@@ -201,13 +202,7 @@ def _quant_token_tile_kernel(x_ptr, q_ptr, s_ptr, ids_ptr, rows, stride_xm, stri
         live = live & (e >= 0) & (e < num_experts)
     cols = tl.arange(0, BLOCK)
     mask = live[:, None] & (cols[None, :] < n_cols)
-    base = x_ptr + r.to(tl.int64)[:, None] * stride_xm + cols[None, :]
-    if HAS_SILU:
-        g = tl.load(base, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(base + n_cols, mask=mask, other=0.0).to(tl.float32)
-        v = (g / (1.0 + tl.exp(-g)) * u).to(x_ptr.dtype.element_ty).to(tl.float32)
-    else:
-        v = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+    v = _load_row_chunk(x_ptr, r[:, None], cols[None, :], mask, stride_xm, n_cols, HAS_SILU)  # [ROWS, BLOCK]
     s = nanmax(_over_qmax(tl.reduce(tl.abs(v), 1, nanmax), QMAX), MIN_S)     # [ROWS]
     tl.store(s_ptr + r, s, mask=live)
     y = _clamp_convert(div_rn_by_rows(v, s, FAST), QMAX, q_ptr.dtype.element_ty, IS_INT)
