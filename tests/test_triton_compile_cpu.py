@@ -9,11 +9,11 @@ needing more shared memory than an H100/H200 block can have, fails here, on the 
 
 import pytest
 import torch
-from triton_compile import MAX_SHARED_BYTES, compile_only
+from triton_compile import MAX_SHARED_BYTES, compile_only, ptxas_report, spill_bytes
 
 from moejit.int8 import quant as int8_quant
 from moejit.moe.triton_fp8 import _fused_moe_quantized
-from moejit.triton import align, configs, fused_moe, quant
+from moejit.triton import align, configs, fused_moe, gluon_moe, quant
 
 FP8 = torch.float8_e4m3fn
 META = dict(device="meta")
@@ -41,7 +41,7 @@ LAYER_CASES = [
 @pytest.fixture
 def compiled(monkeypatch):
     monkeypatch.setenv("MOEJIT_ALIGN", "triton")
-    return compile_only(monkeypatch, align, quant, fused_moe, int8_quant)
+    return compile_only(monkeypatch, align, quant, fused_moe, int8_quant, gluon_moe)
 
 
 def _layer_inputs(dtype, shape, mode, m):
@@ -145,3 +145,27 @@ def test_gemm2_overrides_compile_for_hopper(compiled, dtype, shape, m):
     assert gemm2.constexprs["BLOCK_SIZE_N"] == 256 and gemm2.num_stages == 3
     for c in compiled:
         assert c.shared <= MAX_SHARED_BYTES, f"{c.kernel} {c.constexprs} needs {c.shared} B of shared memory"
+
+
+@pytest.mark.parametrize("shape, mode, m", [("mixtral-8x7b", "token_channel", 8192),
+                                            ("qwen3.6-35b-a3b", "tensor_tensor", 8192),
+                                            ("deepseek-v3-tp8", "tensor_channel", 4096)])
+def test_gluon_gemms_compile_without_spills_or_serialized_wgmma(compiled, monkeypatch, shape, mode, m):
+    """``MOEJIT_TRITON_GLUON=force`` puts both GEMMs on the warp-specialized Gluon kernel. Its point is that each
+    K step's wgmma runs while the previous step's partial is promoted, so ptxas must neither spill nor serialize
+    the wgmmas (its C7512/C7514/C7515 notes: too few registers, accumulators read in flight, ...): a performance
+    property of the compiled code, checked here without a GPU."""
+    monkeypatch.setenv("MOEJIT_TRITON_GLUON", "force")
+    monkeypatch.setattr(gluon_moe, "_hopper", lambda device: True)
+    monkeypatch.setattr(gluon_moe, "_num_sms", lambda index: 132)
+    a, w1, w2, (tw, ids), s1, s2 = _layer_inputs(FP8, shape, mode, m)
+    _fused_moe_quantized(a, w1, w2, tw, ids, s1, s2, None, None, mode.startswith("token"), mode.endswith("channel"),
+                         None, torch.bfloat16)
+    gemms = [c for c in compiled if c.kernel == "gluon_moe_kernel"]
+    assert [c.constexprs["SILU_MUL"] for c in gemms] == [True, False]
+    assert "fused_moe_kernel" not in [c.kernel for c in compiled]
+    for c in gemms:
+        report = ptxas_report(c.ptx)
+        assert spill_bytes(report) == 0, report
+        assert "C75" not in report, report
+        assert c.shared <= MAX_SHARED_BYTES

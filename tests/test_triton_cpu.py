@@ -310,3 +310,40 @@ def test_tune_shape_finds_gemm2_its_own_tile():
     assert tune.smem_bytes(configs.gemm_configs(wide)[1], silu_mul=False) < tune.smem_bytes(
         configs.gemm_configs(wide)[1])
     assert tune.gemm2_variant(wide, "BLOCK_SIZE_N", g1["BLOCK_SIZE_N"]) == dict(g1, num_stages=5)
+
+
+def test_gluon_switch_and_eligibility(monkeypatch):
+    """MOEJIT_TRITON_GLUON: 1 (default) / 0 / force, anything else a clear error; the Gluon GEMM takes only what it
+    implements (sm_90, e4m3, K a multiple of 256, tensor/row × tensor/channel scales) and only 64-row configs that
+    ask for it; the forced configs keep the table's other keys."""
+    from moejit.errors import MoejitInputError
+    from moejit.triton import gluon_moe
+    from moejit.triton.fused_moe import A_GROUP, A_ROW, W_BLOCK, W_CHANNEL
+
+    monkeypatch.delenv("MOEJIT_TRITON_GLUON", raising=False)
+    assert gluon_moe.gluon_mode() == "1"
+    for raw, want in (("0", "0"), ("off", "0"), ("FORCE", "force"), ("on", "1")):
+        monkeypatch.setenv("MOEJIT_TRITON_GLUON", raw)
+        assert gluon_moe.gluon_mode() == want
+    monkeypatch.setenv("MOEJIT_TRITON_GLUON", "sometimes")
+    with pytest.raises(MoejitInputError, match="MOEJIT_TRITON_GLUON"):
+        gluon_moe.gluon_mode()
+    monkeypatch.setenv("MOEJIT_TRITON_GLUON", "1")
+
+    cpu, fp8 = torch.device("cpu"), torch.float8_e4m3fn
+    assert not gluon_moe.eligible(cpu, fp8, 4096, A_ROW, W_CHANNEL)  # no Hopper GPU
+    monkeypatch.setattr(gluon_moe, "_hopper", lambda device: True)
+    assert gluon_moe.eligible(cpu, fp8, 4096, A_ROW, W_CHANNEL)
+    assert not gluon_moe.eligible(cpu, torch.int8, 4096, A_ROW, W_CHANNEL)
+    assert not gluon_moe.eligible(cpu, fp8, 4096 + 128, A_ROW, W_CHANNEL)  # an odd number of 128-deep K steps
+    assert not gluon_moe.eligible(cpu, fp8, 4096, A_GROUP, W_BLOCK)
+    a, w = torch.empty(8, 512, dtype=fp8), torch.empty(2, 64, 512, dtype=fp8)
+    cfg1, cfg2 = gluon_moe.forced_configs(dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, num_warps=8), {"num_warps": 4})
+    assert cfg1["BLOCK_SIZE_M"] == cfg2["BLOCK_SIZE_M"] == gluon_moe.BLOCK_M and cfg1["num_warps"] == 8
+    assert (cfg1["BLOCK_SIZE_N"], cfg2["BLOCK_SIZE_N"]) == (64, 128)
+    assert gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, cfg1)
+    assert not gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, dict(cfg1, gluon=0))
+    assert not gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, dict(cfg1, BLOCK_SIZE_M=128))
+    monkeypatch.setenv("MOEJIT_TRITON_GLUON", "0")
+    assert not gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, cfg1)
+    assert [gluon_moe.unroll(k) for k in (2048, 512, 14336, 7168, 256, 768)] == [8, 4, 8, 8, 2, 2]

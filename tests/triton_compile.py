@@ -12,11 +12,17 @@ an H100/H200 would refuse above 227 KB.
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
+import tempfile
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.runtime.jit import mangle_type
 
 HOPPER = GPUTarget("cuda", 90, 32)
 MAX_SHARED_BYTES = 227 * 1024  # per block, opt-in, on sm_90
@@ -32,6 +38,7 @@ class Compiled:
     num_warps: int
     num_stages: int
     shared: int
+    ptx: str
 
 
 def _signature(kernel, args, kwargs):
@@ -44,6 +51,8 @@ def _signature(kernel, args, kwargs):
         value = bound[name]
         if name in constexprs or value is None:
             sig[name], consts[name] = "constexpr", value
+        elif isinstance(value, TensorDescriptor):  # a Gluon kernel's TMA descriptor: Triton's own type string
+            sig[name] = mangle_type(value)
         elif isinstance(value, torch.Tensor):
             sig[name] = "*" + _POINTEE[value.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]  # torch's allocations are 256-byte aligned
@@ -63,10 +72,11 @@ def _signature(kernel, args, kwargs):
 def _compile_instead_of_run(kernel, log: list[Compiled]):
     def run(*args, grid=None, warmup=False, **kwargs):
         sig, consts, attrs = _signature(kernel, args, kwargs)
-        options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
-        compiled = triton.compile(ASTSource(kernel, sig, consts, attrs), target=HOPPER, options=options)
+        options = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
+        source = GluonASTSource if isinstance(kernel, GluonJITFunction) else ASTSource
+        compiled = triton.compile(source(kernel, sig, consts, attrs), target=HOPPER, options=options)
         log.append(Compiled(kernel.__name__, consts, options.get("num_warps", 4), options.get("num_stages", 3),
-                            compiled.metadata.shared))
+                            compiled.metadata.shared, compiled.asm["ptx"]))
     return run
 
 
@@ -80,3 +90,21 @@ def compile_only(monkeypatch, *modules) -> list[Compiled]:
             if isinstance(value, triton.runtime.jit.JITFunction):
                 monkeypatch.setattr(value, "run", _compile_instead_of_run(value, log))
     return log
+
+
+def ptxas_report(ptx: str) -> str:
+    """ptxas's verbose report (``-v``: registers, spills, and its C75xx notes on serialized wgmma) for a kernel's
+    PTX, assembled for sm_90a with the ptxas that Triton ships."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = f"{tmp}/k.ptx", f"{tmp}/k.cubin"
+        with open(src, "w") as f:
+            f.write(ptx)
+        done = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", src, "-o", out], capture_output=True,
+                              text=True, check=True)
+    return done.stdout + done.stderr
+
+
+def spill_bytes(report: str) -> int:
+    return sum(int(x) for x in re.findall(r"(\d+) bytes spill stores", report))

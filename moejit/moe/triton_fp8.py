@@ -45,6 +45,15 @@ def _check_args(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_sc
     return shape, block_shape, out_dtype
 
 
+def _gluon():
+    """:mod:`moejit.triton.gluon_moe`, or None where this Triton has no Gluon Hopper API (before 3.6)."""
+    try:
+        from moejit.triton import gluon_moe
+    except ImportError:
+        return None
+    return gluon_moe
+
+
 def _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale, a1_scale, a2_scale,
                          per_act_token, per_out_ch, block_shape, out_dtype, config=None):
     """The layer after validation, for either quantized dtype (``w1_q.dtype``: e4m3 or int8); both public layers
@@ -71,17 +80,28 @@ def _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_sca
     a_mode = A_GROUP if block_shape is not None else (A_ROW if per_act_token else A_TENSOR)
     w_mode = W_BLOCK if block_shape is not None else (W_CHANNEL if per_out_ch else W_TENSOR)
     topk_weights = topk_weights.contiguous()
+    gluon_moe = _gluon()
+    if gluon_moe is not None and gluon_moe.gluon_mode() == "force" and all(
+            gluon_moe.eligible(a.device, q_dtype, r, a_mode, w_mode) for r in (k, n)):
+        config, config2 = gluon_moe.forced_configs(config, config2)
+
+    def gemm(x, w, c, x_s, w_s, routed, top_k, cfg, silu_mul=False):
+        """One grouped GEMM: the warp-specialized Gluon kernel where the config asks for it and it can run, else
+        the tl.dot kernel."""
+        if gluon_moe is not None and gluon_moe.use_gluon(x, w, a_mode, w_mode, cfg):
+            return gluon_moe.invoke_gluon_moe_gemm(x, w, c, x_s, w_s, routed, align, top_k, a_mode, w_mode, cfg,
+                                                   silu_mul=silu_mul)
+        return invoke_fused_moe_gemm(x, w, c, x_s, w_s, routed, align, top_k, a_mode, w_mode, cfg, block_shape,
+                                     silu_mul=silu_mul)
 
     align = align_block_size(topk_ids, e, config["BLOCK_SIZE_M"])
     a_q, a_s = quantize_activations(a, q_dtype, scale=a1_scale, per_token=per_act_token, group_size=group)
     inter = torch.empty((m * topk, n), dtype=a.dtype, device=a.device)  # silu(gate)·up, fused into GEMM1
-    invoke_fused_moe_gemm(a_q, w1_q, inter, a_s, w1_scale, None, align, topk, a_mode, w_mode, config, block_shape,
-                          silu_mul=True)
+    gemm(a_q, w1_q, inter, a_s, w1_scale, None, topk, config, silu_mul=True)
     inter_q, inter_s = quantize_activations(inter, q_dtype, scale=a2_scale, per_token=per_act_token,
                                             group_size=group, topk_ids=topk_ids, num_experts=e)
     y = torch.empty((m * topk, k), dtype=out_dtype, device=a.device)
-    invoke_fused_moe_gemm(inter_q, w2_q, y, inter_s, w2_scale, topk_weights, align, 1, a_mode, w_mode, config2,
-                          block_shape)
+    gemm(inter_q, w2_q, y, inter_s, w2_scale, topk_weights, 1, config2)
     return moe_sum(y, topk_ids, e, out)
 
 

@@ -1,0 +1,331 @@
+"""A warp-specialized FP8 MoE GEMM for Hopper, written in Gluon (Triton's explicit-layout dialect).
+
+Same contract as :func:`moejit.triton.fused_moe.fused_moe_kernel` for FP8 with per-tensor or per-row activation
+scales × per-expert or per-channel weight scales: ``C[slot] = (A[slot // TOP_K] · W[e]ᵀ) · scales [· router
+weight]``, optionally with SwiGLU fused (W holds gate ‖ up, C gets ``silu(gate) · up``), over the expert-sorted,
+block-padded slot list of :mod:`moejit.triton.align`.
+
+Why a second kernel: Hopper's FP8 tensor cores keep ~14 significant bits while they accumulate, so partial sums
+are promoted to a float32 accumulator every 128 products (``fused_moe.PROMOTE_INTERVAL``). In the ``tl.dot``
+kernel each promotion waits for its wgmma to finish, and all warps of a program meet at a barrier every K step
+(the gathered A rows are loaded by every warp), so the tensor cores idle during every promotion: 16–29% of GEMM1
+at large M (docs/triton_fp8.md). Here:
+
+- one loader warp group gathers the A rows with ``cp.async`` (through the sorted slot ids: no permuted copy) and
+  brings the weight tiles with TMA into a ring of ``STAGES`` shared-memory buffers, signalling mbarriers;
+- two consumer warp groups, each owning 64 rows of the 128-row tile, never meet each other: each issues the wgmma
+  of K step ``k`` into a fresh partial accumulator, then waits only for step ``k-1``'s wgmma, promotes that
+  partial into its float32 accumulator and frees its stage. The tensor core always has the next step queued;
+- the kernel is persistent (one program per SM walking the tiles), so the loader fills the next tile's stages
+  while the consumers run the epilogue.
+
+The promotion interval is STEP_K = 128, as in the ``tl.dot`` kernel, so the two compute the same sums up to the
+order of float32 additions. Needs sm_90, K a multiple of STEP_K, FP8 e4m3 operands; :func:`supported` says
+whether a call qualifies, and the layer falls back to the ``tl.dot`` kernel otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (async_copy, fence_async_shared, mbarrier, tma,
+                                                               warpgroup_mma, warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from moejit.errors import MoejitInputError
+from moejit.triton.align import Alignment
+from moejit.triton.fused_moe import A_ROW, A_TENSOR, W_CHANNEL, W_TENSOR
+
+BLOCK_M, BLOCK_K = 64, 128  # one tile: 64 rows (one consumer warp group); one K step = one promotion
+TILE_M, STEP_K = gl.constexpr(BLOCK_M), gl.constexpr(BLOCK_K)  # the same, inside kernels
+LOADER_REGS = gl.constexpr(40)  # setmaxnreg of the loader warp group; the consumer gets the rest
+MAXNREG = 248  # per thread at launch (256 threads): ptxas allocates every partition within this
+
+
+@gluon.jit
+def _tile(t, num_pid_n, num_m_live, GROUP_M: gl.constexpr):
+    """(m-block, n-block) of persistent tile ``t``: GROUP_M m-blocks share each sweep over N (L2 reuse of W)."""
+    per_group = GROUP_M * num_pid_n
+    first_m = (t // per_group) * GROUP_M
+    size_m = gl.minimum(num_m_live - first_m, GROUP_M)
+    return first_m + (t % per_group) % size_m, (t % per_group) // size_m
+
+
+@gluon.jit
+def _loader(a_ptr, w_desc, a_bufs, b_bufs, ready_a, ready_b, empty, sorted_ids_ptr, expert_ids_ptr,
+            num_post_pad_ptr, N, K, num_slots, stride_am, N_W,
+            TOP_K: gl.constexpr, SILU_MUL: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr,
+            STAGES: gl.constexpr):
+    """Worker partition (4 warps): for every K step of every tile, wait for a free stage, TMA the weight tile(s)
+    (gate, and up with SILU_MUL), and gather the tile's A rows with cp.async (padded slots read nothing: zeros)."""
+    # 16 bytes a thread, 8 threads a 128-byte row, 16 rows a pass over the 4 warps
+    layout: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [4, 1], [1, 0])
+    num_m_live = gl.cdiv(gl.load(num_post_pad_ptr), TILE_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    w_bytes: gl.constexpr = (2 if SILU_MUL else 1) * BLOCK_N * STEP_K
+    offs_k = gl.arange(0, STEP_K, layout=gl.SliceLayout(0, layout))
+    it = 0
+    for t in range(gl.program_id(0), num_m_live * num_pid_n, gl.num_programs(0)):
+        pid_m, pid_n = _tile(t, num_pid_n, num_m_live, GROUP_M)
+        expert = gl.load(expert_ids_ptr + pid_m)
+        slots = gl.load(sorted_ids_ptr + pid_m * TILE_M + gl.arange(0, TILE_M, layout=gl.SliceLayout(1, layout)))
+        live = slots < num_slots
+        a_ptrs = a_ptr + (slots // TOP_K).to(gl.int64)[:, None] * stride_am + offs_k[None, :]
+        mask = live[:, None] & (offs_k[None, :] < STEP_K)
+        w_row = expert * N_W + pid_n * BLOCK_N
+        for k in range(0, K, STEP_K):
+            s = it % STAGES
+            mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)
+            b = b_bufs.index(s)
+            mbarrier.expect(ready_b.index(s), w_bytes)
+            tma.async_copy_global_to_shared(w_desc, [w_row, k], ready_b.index(s), b.slice(0, BLOCK_N))
+            if SILU_MUL:
+                tma.async_copy_global_to_shared(w_desc, [w_row + N, k], ready_b.index(s), b.slice(BLOCK_N, BLOCK_N))
+            async_copy.async_copy_global_to_shared(a_bufs.index(s), a_ptrs + k, mask=mask)
+            async_copy.mbarrier_arrive(ready_a.index(s), increment_count=False)
+            it += 1
+
+
+@gluon.jit
+def _scaled(acc, rows, live, a_scale_ptr, w_scale_ptr, expert, cols, stride_asm, stride_wse, stride_wsn,
+            A_MODE: gl.constexpr, W_MODE: gl.constexpr):
+    """acc · activation scale (per tensor / per row) · weight scale (per expert / per output channel)."""
+    if A_MODE == 1:
+        acc = acc * gl.load(a_scale_ptr + rows.to(gl.int64) * stride_asm, mask=live, other=0.0)[:, None]
+    else:
+        acc = acc * gl.load(a_scale_ptr)
+    if W_MODE == 1:
+        acc = acc * gl.load(w_scale_ptr + expert * stride_wse + cols * stride_wsn)[None, :]
+    else:
+        acc = acc * gl.load(w_scale_ptr + expert * stride_wse)
+    return acc
+
+
+@gluon.jit
+def _issue(it, a_bufs, b_bufs, ready_a, ready_b, dst, dst_u, SILU_MUL: gl.constexpr,
+           BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """Wait for pipeline step ``it``'s stage, then issue its wgmma(s) into the (free) registers ``dst``
+    (``dst_u``: the up tile's), starting from zero. Returns the in-flight partials."""
+    s = it % STAGES
+    ph = (it // STAGES) & 1
+    mbarrier.wait(ready_b.index(s), ph)
+    mbarrier.wait(ready_a.index(s), ph)
+    fence_async_shared()  # the cp.async writes (generic proxy) before the wgmma reads them (async proxy)
+    a = a_bufs.index(s)
+    b = b_bufs.index(s)
+    p = warpgroup_mma(a, b.slice(0, BLOCK_N).permute((1, 0)), dst, use_acc=False, is_async=True)
+    pu = p
+    if SILU_MUL:
+        pu = warpgroup_mma(a, b.slice(BLOCK_N, BLOCK_N).permute((1, 0)), dst_u, use_acc=False, is_async=True)
+    return p, pu
+
+
+@gluon.jit
+def _pin(x):
+    """``x``, computed here: a volatile no-op on every element keeps the compiler from moving the arithmetic that
+    produced ``x`` past the next wgmma issue (which would keep the partial's registers alive: a copy, spills)."""
+    return gl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _retire(it, p, pu, acc, acc_u, empty, OUTSTANDING: gl.constexpr, SILU_MUL: gl.constexpr,
+            STAGES: gl.constexpr):
+    """Wait until at most OUTSTANDING wgmmas are in flight (step ``it``'s are done), free its stage, and promote
+    its partials into the float32 accumulators. Returns the partials (now free registers) and the sums."""
+    if SILU_MUL:
+        d, du = warpgroup_mma_wait(OUTSTANDING, deps=(p, pu))
+        acc_u = _pin(acc_u + du)
+    else:
+        d = warpgroup_mma_wait(OUTSTANDING, deps=(p, ))
+        du = d
+    mbarrier.arrive(empty.index(it % STAGES), count=1)
+    return d, du, _pin(acc + d), acc_u
+
+
+@gluon.jit
+def _consumer(a_bufs, b_bufs, ready_a, ready_b, empty, c_ptr, a_scale_ptr, w_scale_ptr,
+              topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr, N, K, num_slots, stride_cm,
+              stride_asm, stride_wse, stride_wsn,
+              TOP_K: gl.constexpr, A_MODE: gl.constexpr, W_MODE: gl.constexpr, MUL_ROUTED_WEIGHT: gl.constexpr,
+              SILU_MUL: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
+              UNROLL: gl.constexpr):
+    """One consumer warp group: rows ``[HALF·64, HALF·64 + 64)`` of every tile. K step k's wgmma is issued into a
+    fresh partial accumulator before step k-1's is waited for and promoted (added to the float32 sum), so the
+    tensor core never drains for a promotion. Then the epilogue: scales, SiLU·mul, router weight, store."""
+    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                     instr_shape=[16, BLOCK_N, 32])
+    NMMA: gl.constexpr = 2 if SILU_MUL else 1  # wgmma groups a K step
+    num_m_live = gl.cdiv(gl.load(num_post_pad_ptr), TILE_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    zero = gl.zeros([TILE_M, BLOCK_N], gl.float32, layout)
+    it = 0
+    for t in range(gl.program_id(0), num_m_live * num_pid_n, gl.num_programs(0)):
+        pid_m, pid_n = _tile(t, num_pid_n, num_m_live, GROUP_M)
+        # UNROLL K steps an iteration, alternating two partials (P0, P1) whose registers are reused in place (a
+        # copy would make ptxas serialize the wgmmas). Each step's wgmma is issued before the previous one is
+        # retired; the iteration's last is retired with nothing in flight, because ptxas also serializes
+        # everything when a wgmma is in flight across a loop's back edge while accumulators are read
+        # (C7514): one drain per UNROLL steps instead of one per step.
+        acc = zero
+        acc_u = zero
+        d0 = zero
+        d0u = zero
+        d1 = zero
+        d1u = zero
+        for k in range(0, K, UNROLL * STEP_K):
+            p0, p0u = _issue(it, a_bufs, b_bufs, ready_a, ready_b, d0, d0u, SILU_MUL, BLOCK_N, STAGES)
+            for j in gl.static_range(1, UNROLL):
+                if j % 2 == 1:
+                    p1, p1u = _issue(it + j, a_bufs, b_bufs, ready_a, ready_b, d1, d1u, SILU_MUL, BLOCK_N,
+                                     STAGES)
+                    d0, d0u, acc, acc_u = _retire(it + j - 1, p0, p0u, acc, acc_u, empty, NMMA, SILU_MUL, STAGES)
+                else:
+                    p0, p0u = _issue(it + j, a_bufs, b_bufs, ready_a, ready_b, d0, d0u, SILU_MUL, BLOCK_N,
+                                     STAGES)
+                    d1, d1u, acc, acc_u = _retire(it + j - 1, p1, p1u, acc, acc_u, empty, NMMA, SILU_MUL, STAGES)
+            d1, d1u, acc, acc_u = _retire(it + UNROLL - 1, p1, p1u, acc, acc_u, empty, 0, SILU_MUL, STAGES)
+            it += UNROLL
+
+        # epilogue
+        row_l: gl.constexpr = gl.SliceLayout(1, layout)
+        col_l: gl.constexpr = gl.SliceLayout(0, layout)
+        slots = gl.load(sorted_ids_ptr + pid_m * TILE_M + gl.arange(0, TILE_M, layout=row_l))
+        live = slots < num_slots
+        rows = slots // TOP_K
+        expert = gl.load(expert_ids_ptr + pid_m).to(gl.int64)
+        offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_l)
+        cols = offs_n % N  # wrapped: the columns past N are never stored
+        out = _scaled(acc, rows, live, a_scale_ptr, w_scale_ptr, expert, cols, stride_asm, stride_wse, stride_wsn,
+                      A_MODE, W_MODE)
+        if SILU_MUL:
+            up = _scaled(acc_u, rows, live, a_scale_ptr, w_scale_ptr, expert, cols + N, stride_asm, stride_wse,
+                         stride_wsn, A_MODE, W_MODE)
+            out = out / (1.0 + gl.exp(-out)) * up
+        if MUL_ROUTED_WEIGHT:
+            out = out * gl.load(topk_weights_ptr + slots, mask=live, other=0.0).to(gl.float32)[:, None]
+        c_ptrs = c_ptr + slots.to(gl.int64)[:, None] * stride_cm + offs_n[None, :]
+        gl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=live[:, None] & (offs_n[None, :] < N))
+
+
+@gluon.jit
+def gluon_moe_kernel(a_ptr, w_desc, c_ptr, a_scale_ptr, w_scale_ptr, topk_weights_ptr,
+                     sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
+                     N, K, num_slots, N_W, stride_am, stride_cm, stride_asm, stride_wse, stride_wsn,
+                     TOP_K: gl.constexpr, A_MODE: gl.constexpr, W_MODE: gl.constexpr,
+                     MUL_ROUTED_WEIGHT: gl.constexpr, SILU_MUL: gl.constexpr, BLOCK_N: gl.constexpr,
+                     GROUP_M: gl.constexpr, STAGES: gl.constexpr, UNROLL: gl.constexpr,
+                     A_LAYOUT: gl.constexpr):
+    """``C[slot, n] = scales · Σ_k A[slot // TOP_K, k] · W[e, n, k]`` (module docstring). ``w_desc``: a TMA
+    descriptor over W as ``[E·N_W, K]`` with ``[BLOCK_N, STEP_K]`` boxes; N_W = 2N with SILU_MUL (gate ‖ up)."""
+    NB: gl.constexpr = 2 if SILU_MUL else 1
+    a_bufs = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, TILE_M, STEP_K], A_LAYOUT)
+    b_bufs = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, NB * BLOCK_N, STEP_K], w_desc.layout)
+    ready_a = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    ready_b = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready_a.index(i), count=128)  # one cp.async arrival per loader thread
+        mbarrier.init(ready_b.index(i), count=1)  # the TMA's expect-tx
+        mbarrier.init(empty.index(i), count=1)  # the consumer warp group
+    gl.warp_specialize([
+        (_consumer, (a_bufs, b_bufs, ready_a, ready_b, empty, c_ptr, a_scale_ptr, w_scale_ptr, topk_weights_ptr,
+                     sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr, N, K, num_slots, stride_cm, stride_asm,
+                     stride_wse, stride_wsn, TOP_K, A_MODE, W_MODE, MUL_ROUTED_WEIGHT, SILU_MUL, BLOCK_N, GROUP_M,
+                     STAGES, UNROLL)),
+        (_loader, (a_ptr, w_desc, a_bufs, b_bufs, ready_a, ready_b, empty, sorted_ids_ptr, expert_ids_ptr,
+                   num_post_pad_ptr, N, K, num_slots, stride_am, N_W, TOP_K, SILU_MUL, BLOCK_N, GROUP_M, STAGES)),
+    ], [4], [LOADER_REGS])
+
+
+GLUON_ENV = "MOEJIT_TRITON_GLUON"
+
+
+def gluon_mode() -> str:
+    """``MOEJIT_TRITON_GLUON``: ``1`` (default) runs this kernel where the config asks for it (``"gluon": 1``),
+    ``0`` never, ``force`` wherever it can run (the configs are rewritten by :func:`forced_configs`)."""
+    raw = os.environ.get(GLUON_ENV, "1").strip().lower()
+    if raw in ("", "1", "true", "on", "yes"):
+        return "1"
+    if raw in ("0", "false", "off", "no"):
+        return "0"
+    if raw == "force":
+        return "force"
+    raise MoejitInputError(f"environment variable {GLUON_ENV}={raw!r}: use 1, 0 or force")
+
+
+def _hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and _is_sm90(device.index if device.index is not None else
+                                              torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _is_sm90(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) == (9, 0)
+
+
+def eligible(device: torch.device, dtype: torch.dtype, k: int, a_mode: int, w_mode: int) -> bool:
+    """Whether this kernel can run a GEMM over a reduction of ``k``: an sm_90 GPU, e4m3 operands, ``k`` a
+    multiple of 2·BLOCK_K (the consumer runs K steps in pairs), per-tensor/per-row × per-expert/per-channel
+    scales."""
+    return (_hopper(device) and dtype == torch.float8_e4m3fn
+            and k % (2 * BLOCK_K) == 0 and a_mode in (A_TENSOR, A_ROW) and w_mode in (W_TENSOR, W_CHANNEL))
+
+
+def use_gluon(a: torch.Tensor, w: torch.Tensor, a_mode: int, w_mode: int, config: dict) -> bool:
+    """Whether the layer runs this GEMM here: the config asks for it (``"gluon": 1``, BLOCK_SIZE_M 64), the
+    switch allows it, :func:`eligible`, and A's rows and W are contiguous."""
+    return (bool(config.get("gluon")) and config["BLOCK_SIZE_M"] == BLOCK_M and gluon_mode() != "0"
+            and a.dtype == w.dtype and eligible(a.device, a.dtype, a.shape[1], a_mode, w_mode)
+            and a.stride(1) == 1 and w.is_contiguous())
+
+
+def forced_configs(config: dict, config2: dict) -> tuple[dict, dict]:
+    """The configs of ``MOEJIT_TRITON_GLUON=force``: both GEMMs here, 64-row tiles, GEMM1 64 (gate) + 64 (up)
+    columns, GEMM2 128 columns, 4 stages, GROUP_SIZE_M 8."""
+    base = dict(BLOCK_SIZE_M=BLOCK_M, GROUP_SIZE_M=8, gluon=1, gluon_stages=4)
+    return {**config, **base, "BLOCK_SIZE_N": 64}, {**config2, **base, "BLOCK_SIZE_N": 128}
+
+
+def unroll(k: int) -> int:
+    """K steps a consumer iteration (one wgmma drain each): the largest of 8, 4, 2 that divides K / BLOCK_K."""
+    steps = k // BLOCK_K
+    return next(u for u in (8, 4, 2) if steps % u == 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def invoke_gluon_moe_gemm(a: torch.Tensor, w: torch.Tensor, c: torch.Tensor, a_scale: torch.Tensor,
+                          w_scale: torch.Tensor, topk_weights: torch.Tensor | None, align: Alignment, top_k: int,
+                          a_mode: int, w_mode: int, config: dict, silu_mul: bool = False) -> torch.Tensor:
+    """:func:`moejit.triton.fused_moe.invoke_fused_moe_gemm`'s contract on :func:`gluon_moe_kernel` (check
+    :func:`eligible` first; the alignment's BLOCK_SIZE_M must be :data:`BLOCK_M`). Config keys used: ``BLOCK_SIZE_N`` (64 or 128; 64 with ``silu_mul``, whose tile is a
+    gate and an up tile), ``GROUP_SIZE_M``, ``gluon_stages``."""
+    num_slots, n = c.shape
+    e, n_w, k = w.shape
+    assert n_w == (2 * n if silu_mul else n) and a.shape[1] == k
+    bn = config["BLOCK_SIZE_N"]
+    stages = config.get("gluon_stages", 4)
+    w_layout = gl.NVMMASharedLayout.get_default_for([bn, BLOCK_K], gl.float8e4nv)
+    w_desc = TensorDescriptor(w.view(e * n_w, k), [e * n_w, k], [k, 1], [bn, BLOCK_K], w_layout)
+    a_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], gl.float8e4nv)
+    ws = w_scale.reshape(e, -1)
+    num_tiles = align.expert_ids.shape[0] * triton.cdiv(n, bn)  # an upper bound: the padded length is on the GPU
+    grid = (max(1, min(_num_sms(a.device.index or 0), num_tiles)),)
+    gluon_moe_kernel[grid](
+        a, w_desc, c, a_scale, ws, topk_weights if topk_weights is not None else c,
+        align.sorted_ids, align.expert_ids, align.num_post_pad,
+        n, k, num_slots, n_w, a.stride(0), c.stride(0),
+        a_scale.stride(0) if a_mode == A_ROW else 0, ws.stride(0), ws.stride(1) if w_mode == W_CHANNEL else 0,
+        TOP_K=top_k, A_MODE=a_mode, W_MODE=w_mode, MUL_ROUTED_WEIGHT=topk_weights is not None, SILU_MUL=silu_mul,
+        BLOCK_N=bn, GROUP_M=config.get("GROUP_SIZE_M", 1), STAGES=stages, UNROLL=unroll(k), A_LAYOUT=a_layout,
+        num_warps=4, maxnreg=MAXNREG,
+    )
+    return c
