@@ -26,7 +26,10 @@ from pathlib import Path
 PACKAGE_CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 GEMM2 = "gemm2"  # the key of GEMM2's overrides in a config
-GEMM2_KEYS = CONFIG_KEYS[1:]  # what GEMM2 may run differently: all but BLOCK_SIZE_M (the shared alignment)
+# optional: "gluon": 1 runs the GEMM on the warp-specialized Gluon kernel (moejit.triton.gluon_moe; BLOCK_SIZE_M 64,
+# sm_90), with "gluon_stages" shared-memory stages
+OPTIONAL_KEYS = ("gluon", "gluon_stages")
+GEMM2_KEYS = CONFIG_KEYS[1:] + OPTIONAL_KEYS  # what GEMM2 may run differently: all but BLOCK_SIZE_M (the alignment)
 
 
 def device_name(device=None) -> str:
@@ -72,19 +75,28 @@ def _check_blocks(cfg: dict) -> None:
             raise ValueError(f"{k} must be a power of two >= {low}, got {cfg[k]}")
 
 
+def _check_optional(cfg: dict) -> None:
+    if cfg.get("gluon", 0) not in (0, 1):
+        raise ValueError(f"gluon must be 0 or 1, got {cfg['gluon']}")
+    if not 2 <= cfg.get("gluon_stages", 4) <= 8:
+        raise ValueError(f"gluon_stages must be in [2, 8], got {cfg['gluon_stages']}")
+
+
 def validate_config(cfg: dict) -> dict:
     """The config with int values and only known keys; raises ValueError on a missing key, a bad block size or a
     ``"gemm2"`` entry with keys GEMM2 cannot override."""
     missing = [k for k in CONFIG_KEYS if k not in cfg]
     if missing:
         raise ValueError(f"config {cfg} lacks {missing}")
-    out = {k: int(cfg[k]) for k in CONFIG_KEYS}
+    out = {k: int(cfg[k]) for k in CONFIG_KEYS + OPTIONAL_KEYS if k in cfg}
+    _check_optional(out)
     _check_blocks(out)
     if cfg.get(GEMM2):
         extra = sorted(set(cfg[GEMM2]) - set(GEMM2_KEYS))
         if extra:
             raise ValueError(f"config {cfg}: {GEMM2!r} may set {list(GEMM2_KEYS)}, not {extra}")
         out[GEMM2] = {k: int(v) for k, v in cfg[GEMM2].items()}
+        _check_optional(out[GEMM2])
         _check_blocks(out[GEMM2])
     return out
 
