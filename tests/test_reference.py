@@ -70,3 +70,34 @@ def test_moe_fp8_ref_every_slot_dropped(seeded):
     for per_token in (False, True):
         out = moe_fp8_ref(a, w1_q, w2_q, w, ids, s1, s2, per_act_token=per_token)
         assert out.shape == (m, k) and (out == 0).all()
+
+
+def test_stepped_amax_scale_and_the_references_at_a_neighbouring_amax(seeded):
+    """``inter_amax_steps``: the intermediate's dynamic per-tensor scale from its amax moved by whole bf16 values.
+    0 is the plain reference; ±1 is the scale of the neighbouring bf16 amax (what a kernel computes when its amax
+    rounds one value away) and moves the output, a little; per-token and static modes ignore it."""
+    from moejit.reference import moe_fp8_ref, moe_int8_w8a8_ref, quantize_weights_fp8_ref
+    from moejit.reference.core import stepped_amax_scale
+
+    x = (torch.randn(64, 32, generator=seeded) * 3).bfloat16().float()
+    amax = x.abs().amax().bfloat16()
+    up = (amax.reshape(1).view(torch.int16) + 1).view(torch.bfloat16).float()
+    assert torch.equal(stepped_amax_scale(x, 0, torch.bfloat16, 448.0, 1e-12), (amax.float() / 448.0).reshape(1))
+    assert torch.equal(stepped_amax_scale(x, 1, torch.bfloat16, 448.0, 1e-12), up / 448.0)
+    assert stepped_amax_scale(x, -1, torch.bfloat16, 448.0, 1e-12) < amax.float() / 448.0
+    assert stepped_amax_scale(torch.zeros(3, 4), -1, torch.bfloat16, 448.0, 1e-12) == 1e-12  # finite at zero
+
+    m, k, n, e, topk = 24, 64, 32, 4, 2
+    a = torch.randn(m, k, generator=seeded).bfloat16()
+    w1_q, s1 = quantize_weights_fp8_ref(torch.randn(e, 2 * n, k, generator=seeded) / 8, per_out_ch=True)
+    w2_q, s2 = quantize_weights_fp8_ref(torch.randn(e, k, n, generator=seeded) / 6, per_out_ch=True)
+    ids = torch.stack([torch.randperm(e, generator=seeded)[:topk] for _ in range(m)]).int()
+    w = torch.rand(m, topk, generator=seeded)
+    for ref in (moe_fp8_ref, moe_int8_w8a8_ref):
+        plain = ref(a, w1_q, w2_q, w, ids, s1, s2)
+        assert torch.equal(ref(a, w1_q, w2_q, w, ids, s1, s2, inter_amax_steps=0), plain)
+        moved = [ref(a, w1_q, w2_q, w, ids, s1, s2, inter_amax_steps=s) for s in (-1, 1)]
+        assert all(not torch.equal(mv, plain) for mv in moved) and all(rel_error(mv, plain) < 0.05 for mv in moved)
+        for kw in ({"per_act_token": True}, {"a2_scale": torch.tensor([0.01])}):
+            assert torch.equal(ref(a, w1_q, w2_q, w, ids, s1, s2, inter_amax_steps=1, **kw),
+                               ref(a, w1_q, w2_q, w, ids, s1, s2, **kw))

@@ -150,12 +150,14 @@ def test_gemm2_overrides_compile_for_hopper(compiled, dtype, shape, m):
 @pytest.mark.parametrize("shape, mode, m", [("mixtral-8x7b", "token_channel", 8192),
                                             ("qwen3.6-35b-a3b", "tensor_tensor", 8192),
                                             ("deepseek-v3-tp8", "tensor_channel", 4096)])
-def test_gluon_gemms_compile_without_spills_or_serialized_wgmma(compiled, monkeypatch, shape, mode, m):
+@pytest.mark.parametrize("force", ["force", "force64"])
+def test_gluon_gemms_compile_without_spills_or_serialized_wgmma(compiled, monkeypatch, shape, mode, m, force):
     """``MOEJIT_TRITON_GLUON=force`` puts both GEMMs on the warp-specialized Gluon kernel. Its point is that each
     K step's wgmma runs while the previous step's partial is promoted, so ptxas must neither spill nor serialize
     the wgmmas (its C7512/C7514/C7515 notes: too few registers, accumulators read in flight, ...): a performance
-    property of the compiled code, checked here without a GPU."""
-    monkeypatch.setenv("MOEJIT_TRITON_GLUON", "force")
+    property of the compiled code, checked here without a GPU. Both tile shapes: 128 rows (the two consumer warp
+    groups split the rows) and 64 (they split the columns)."""
+    monkeypatch.setenv("MOEJIT_TRITON_GLUON", force)
     monkeypatch.setattr(gluon_moe, "_hopper", lambda device: True)
     monkeypatch.setattr(gluon_moe, "_num_sms", lambda index: 132)
     a, w1, w2, (tw, ids), s1, s2 = _layer_inputs(FP8, shape, mode, m)
@@ -163,6 +165,7 @@ def test_gluon_gemms_compile_without_spills_or_serialized_wgmma(compiled, monkey
                          None, torch.bfloat16)
     gemms = [c for c in compiled if c.kernel == "gluon_moe_kernel"]
     assert [c.constexprs["SILU_MUL"] for c in gemms] == [True, False]
+    assert {c.constexprs["BLOCK_M"] for c in gemms} == {64 if force == "force64" else 128}
     assert "fused_moe_kernel" not in [c.kernel for c in compiled]
     for c in gemms:
         report = ptxas_report(c.ptx)

@@ -312,17 +312,57 @@ def test_tune_shape_finds_gemm2_its_own_tile():
     assert tune.gemm2_variant(wide, "BLOCK_SIZE_N", g1["BLOCK_SIZE_N"]) == dict(g1, num_stages=5)
 
 
+def test_tune_gluon_round():
+    """Round 4 of the search (the Gluon kernel): every candidate is a valid table entry whose GEMM tiles fit the
+    kernel (gate + up tiles for GEMM1); 128-row tiles only where the rows per expert fill them; GEMM2 alone is
+    tried under the best tl.dot config; with a cost model that favours the Gluon kernel on GEMM2 only, the table
+    keeps GEMM1 on tl.dot and carries the Gluon GEMM2 as overrides. Without ``gluon`` (no sm_90 here) no
+    candidate asks for it."""
+    from moejit.triton import gluon_moe, tune
+
+    best = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3,
+                gemm2=dict(BLOCK_SIZE_N=128))
+    for m, e, topk, bms in ((8192, 8, 2, {64, 128}), (64, 256, 8, {64})):
+        cands = tune.gluon_candidates(best, m, e, topk)
+        assert len(cands) <= tune.GLUON_ROUND and best not in cands
+        assert {c["BLOCK_SIZE_M"] for c in cands if c.get("gluon")} == bms
+        for c in cands:
+            assert configs.validate_config(c) == c
+            g1, g2 = configs.gemm_configs(c)
+            assert g2.get("gluon") and gluon_moe.tile_fits(g2["BLOCK_SIZE_M"], g2["BLOCK_SIZE_N"], False)
+            if g1.get("gluon"):
+                assert gluon_moe.tile_fits(g1["BLOCK_SIZE_M"], g1["BLOCK_SIZE_N"], True)
+            else:
+                assert g1 == configs.gemm_configs(best)[0]  # GEMM2 alone: GEMM1 as the best config
+            assert g2.get("gluon_stages", 4) <= tune.GLUON_STAGES[g2["BLOCK_SIZE_M"]]
+
+    e, topk, k, n = 8, 2, 1024, 512
+
+    def cost(inputs, mode_args, cfg, iters):
+        g1, g2 = configs.gemm_configs(cfg)
+        return 1000.0 + (300.0 if g1.get("gluon") else 0.0) - (200.0 if g2.get("gluon") else 0.0) + g1["num_stages"]
+
+    table, _ = tune.tune_shape(e, topk, k, n, [512], "token_channel", None, 3, log=lambda s: None, timer=cost,
+                               make_inputs=lambda m, prev: m, gluon=True)
+    g1, g2 = configs.gemm_configs(table[512])
+    assert not g1.get("gluon") and g2["gluon"] == 1 and configs.validate_config(table[512]) == table[512]
+    table, _ = tune.tune_shape(e, topk, k, n, [512], "token_channel", None, 3, log=lambda s: None, timer=cost,
+                               make_inputs=lambda m, prev: m)
+    assert not any(g.get("gluon") for g in configs.gemm_configs(table[512]))
+
+
 def test_gluon_switch_and_eligibility(monkeypatch):
-    """MOEJIT_TRITON_GLUON: 1 (default) / 0 / force, anything else a clear error; the Gluon GEMM takes only what it
-    implements (sm_90, e4m3, K a multiple of 256, tensor/row × tensor/channel scales) and only 64-row configs that
-    ask for it; the forced configs keep the table's other keys."""
+    """MOEJIT_TRITON_GLUON: 1 (default) / 0 / force / force64, anything else a clear error; the Gluon GEMM takes
+    only what it implements (sm_90, e4m3, K a multiple of 256, tensor/row × tensor/channel scales) and only
+    configs that ask for it; a config asking for it with a tile that does not fit its registers is an error; the
+    forced configs keep the table's other keys."""
     from moejit.errors import MoejitInputError
     from moejit.triton import gluon_moe
     from moejit.triton.fused_moe import A_GROUP, A_ROW, W_BLOCK, W_CHANNEL
 
     monkeypatch.delenv("MOEJIT_TRITON_GLUON", raising=False)
     assert gluon_moe.gluon_mode() == "1"
-    for raw, want in (("0", "0"), ("off", "0"), ("FORCE", "force"), ("on", "1")):
+    for raw, want in (("0", "0"), ("off", "0"), ("FORCE", "force"), ("force64", "force64"), ("on", "1")):
         monkeypatch.setenv("MOEJIT_TRITON_GLUON", raw)
         assert gluon_moe.gluon_mode() == want
     monkeypatch.setenv("MOEJIT_TRITON_GLUON", "sometimes")
@@ -338,12 +378,18 @@ def test_gluon_switch_and_eligibility(monkeypatch):
     assert not gluon_moe.eligible(cpu, fp8, 4096 + 128, A_ROW, W_CHANNEL)  # an odd number of 128-deep K steps
     assert not gluon_moe.eligible(cpu, fp8, 4096, A_GROUP, W_BLOCK)
     a, w = torch.empty(8, 512, dtype=fp8), torch.empty(2, 64, 512, dtype=fp8)
-    cfg1, cfg2 = gluon_moe.forced_configs(dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, num_warps=8), {"num_warps": 4})
-    assert cfg1["BLOCK_SIZE_M"] == cfg2["BLOCK_SIZE_M"] == gluon_moe.BLOCK_M and cfg1["num_warps"] == 8
-    assert (cfg1["BLOCK_SIZE_N"], cfg2["BLOCK_SIZE_N"]) == (64, 128)
-    assert gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, cfg1)
-    assert not gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, dict(cfg1, gluon=0))
-    assert not gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, dict(cfg1, BLOCK_SIZE_M=128))
+    table = (dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, num_warps=8), {"num_warps": 4})
+    for block_m, bn1, bn2 in ((128, 64, 128), (64, 128, 256)):
+        cfg1, cfg2 = gluon_moe.forced_configs(*table, block_m)
+        assert cfg1["BLOCK_SIZE_M"] == cfg2["BLOCK_SIZE_M"] == block_m and cfg1["num_warps"] == 8
+        assert (cfg1["BLOCK_SIZE_N"], cfg2["BLOCK_SIZE_N"]) == (bn1, bn2)
+        assert gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, cfg1, silu_mul=True)
+        assert gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, cfg2)
+        assert not gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, dict(cfg1, gluon=0), silu_mul=True)
+    assert gluon_moe.forced_configs(*table) == gluon_moe.forced_configs(*table, 128)
+    for bad in (dict(cfg1, BLOCK_SIZE_M=32), dict(cfg1, BLOCK_SIZE_N=64)):
+        with pytest.raises(MoejitInputError, match="Gluon"):
+            gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, bad, silu_mul=True)
     monkeypatch.setenv("MOEJIT_TRITON_GLUON", "0")
-    assert not gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, cfg1)
+    assert not gluon_moe.use_gluon(a, w, A_ROW, W_CHANNEL, cfg1, silu_mul=True)
     assert [gluon_moe.unroll(k) for k in (2048, 512, 14336, 7168, 256, 768)] == [8, 4, 8, 8, 2, 2]

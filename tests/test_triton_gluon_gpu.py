@@ -32,12 +32,13 @@ def gen():
     return cases.cuda_generator()
 
 
-@pytest.fixture
-def gluon_calls(monkeypatch):
-    """Force the Gluon kernel in the layer; the list collects one entry per Gluon GEMM launched."""
+@pytest.fixture(params=["force", "force64"])
+def gluon_calls(monkeypatch, request):
+    """Force the Gluon kernel in the layer, with 128-row and with 64-row tiles; the list collects one entry per
+    Gluon GEMM launched."""
     from moejit.triton import gluon_moe
 
-    monkeypatch.setenv("MOEJIT_TRITON_GLUON", "force")
+    monkeypatch.setenv("MOEJIT_TRITON_GLUON", request.param)
     calls = []
     real = gluon_moe.invoke_gluon_moe_gemm
 
@@ -92,8 +93,8 @@ def _dequant_rows(a_q, a_s, w, ws, ids_flat, slots, top_k, silu, n):
 
 
 @pytest.mark.parametrize("silu_mul", [True, False])
-@pytest.mark.parametrize("bn,stages,group_m", [(64, 4, 8), (128, 6, 1), (64, 8, 1)])
-def test_gemm_matches_tl_dot_and_leaves_dropped_rows(gen, silu_mul, bn, stages, group_m):
+@pytest.mark.parametrize("block_m,stages,group_m", [(128, 4, 8), (128, 6, 1), (64, 5, 1), (64, 2, 4)])
+def test_gemm_matches_tl_dot_and_leaves_dropped_rows(gen, silu_mul, block_m, stages, group_m):
     """One GEMM on the Gluon kernel and on the tl.dot kernel, same inputs: dropped slots (id -1) and a hot
     expert; the output is poisoned with NaN first, so rows of dropped slots must stay NaN (unwritten) and every
     live row must be written."""
@@ -102,8 +103,7 @@ def test_gemm_matches_tl_dot_and_leaves_dropped_rows(gen, silu_mul, bn, stages, 
     from moejit.triton.fused_moe import A_ROW, W_CHANNEL, invoke_fused_moe_gemm
     from moejit.triton.quant import quantize_activations
 
-    if silu_mul and bn == 128:
-        pytest.skip("GEMM1 runs 64 gate + 64 up columns (registers)")
+    bn = gluon_moe.TILE_VALUES // block_m // (2 if silu_mul else 1)  # the widest tile that fits
     e, top_k, k, n = 16, 4, 1024, 352  # N not a multiple of 64: a partial last column tile
     m = 300
     w_rows = 2 * n if silu_mul else n
@@ -114,10 +114,10 @@ def test_gemm_matches_tl_dot_and_leaves_dropped_rows(gen, silu_mul, bn, stages, 
     tw, ids = cases.routing(m, e, top_k, gen)
     ids[:150, 0] = 5  # a hot expert
     ids[::9, 2] = -1  # dropped slots
-    cfg = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=bn, GROUP_SIZE_M=group_m, gluon=1, gluon_stages=stages)
+    cfg = dict(BLOCK_SIZE_M=block_m, BLOCK_SIZE_N=bn, GROUP_SIZE_M=group_m, gluon=1, gluon_stages=stages)
     routed = None if silu_mul else tw
     out = torch.full((m * top_k, n), float("nan"), dtype=torch.bfloat16, device="cuda")
-    gluon_moe.invoke_gluon_moe_gemm(a_q, w, out, a_s, ws, routed, align_block_size(ids, e, 64), top_k, A_ROW,
+    gluon_moe.invoke_gluon_moe_gemm(a_q, w, out, a_s, ws, routed, align_block_size(ids, e, block_m), top_k, A_ROW,
                                     W_CHANNEL, cfg, silu_mul=silu_mul)
     ref_cfg = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=128, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
     expect = torch.zeros_like(out)

@@ -3,6 +3,7 @@
 share the cases; each file passes its layer, quantizer, reference and quantization range."""
 
 import os
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -62,10 +63,23 @@ def routing(m, e, topk, gen, dtype=torch.int32):
     return weights / weights.sum(dim=-1, keepdim=True), ids.to(dtype)
 
 
+class LayerInputs(NamedTuple):
+    """What :func:`run_layer` ran: the inputs, float weights, routing, and ``reference_at(steps)``: the reference
+    with the intermediate's dynamic per-tensor amax moved ``steps`` bf16/fp16 values
+    (:func:`moejit.reference.core.stepped_amax_scale`)."""
+
+    a: torch.Tensor
+    w1f: torch.Tensor
+    w2f: torch.Tensor
+    tw: torch.Tensor
+    ids: torch.Tensor
+    reference_at: Callable
+
+
 def run_layer(layer, reference, weights, q_max, name, mode, m, gen, dtype=torch.bfloat16, ids_override=None,
               topk=None, out_dtype=None):
     """Run ``layer`` on fresh inputs of model ``name`` in scale ``mode``; returns ``(out, reference output,
-    (a, w1 float, w2 float, topk_weights, topk_ids))``. Static scales: ``amax/q_max`` for the input and a plausible
+    LayerInputs)``. Static scales: ``amax/q_max`` for the input and a plausible
     calibrated ``4/q_max`` for the intermediate."""
     e, default_topk, k, n = SHAPES[name]
     topk = topk or default_topk
@@ -82,8 +96,12 @@ def run_layer(layer, reference, weights, q_max, name, mode, m, gen, dtype=torch.
     out = layer(a, w1, w2, tw, ids, s1, s2, a1, a2, per_act_token=per_token, per_out_ch=per_ch, block_shape=block,
                 out_dtype=out_dtype)
     assert out.dtype == (out_dtype or dtype) and out.shape == (m, k)
-    ref = reference(a, w1, w2, tw, ids, s1, s2, a1, a2, per_act_token=per_token, block_shape=block)
-    return out, ref, (a, w1f, w2f, tw, ids)
+
+    def reference_at(steps=0):
+        return reference(a, w1, w2, tw, ids, s1, s2, a1, a2, per_act_token=per_token, block_shape=block,
+                         inter_amax_steps=steps)
+
+    return out, reference_at(), LayerInputs(a, w1f, w2f, tw, ids, reference_at)
 
 
 def check_cuda_graph(layer, reference, weights, mode, gen, name="qwen3.6-35b-a3b", m=200):
@@ -116,19 +134,36 @@ def check_cuda_graph(layer, reference, weights, mode, gen, name="qwen3.6-35b-a3b
         assert rel_error(out, ref) <= 1e-2
 
 
+DYNAMIC_TENSOR_MODES = ("tensor_tensor", "tensor_channel")  # the intermediate's scale: one dynamic amax
+
+
 def check_vs_references(out, ref, inputs, label, mode):
     """The layer's output ``out`` within 1e-2 of ``ref`` (the exact-quantization reference) and, unless the
     intermediate's static scale is a guess, within 0.08 of the unquantized float32 layer on ``inputs`` (as
-    :func:`run_layer` returns them). With ``$MOEJIT_ERR_LOG`` set, the errors are appended there (for the notes)."""
+    :func:`run_layer` returns them). With ``$MOEJIT_ERR_LOG`` set, the errors are appended there (for the notes).
+
+    In the dynamic per-tensor modes the intermediate's one scale is discontinuous in the data: when its largest
+    element sits near a bf16 rounding boundary, the layer's tensor-core sum and the float32 reference round it to
+    neighbouring values, the scale moves one step and ~9% of the FP8 roundings with it: ~2% apart with both right
+    (a few percent of such cases on an H200 for the wgmma paths, e.g. 1 of 16 seeds of Qwen3.6 M=512). There the layer must be within 1e-2 of the
+    reference at its own amax or at the amax one bf16 value away (``reference_at(±1)``), and the message says
+    which; any other error stays an error."""
     from moejit.reference import moe_ref, rel_error
 
-    a, w1f, w2f, tw, ids = inputs
     err = rel_error(out, ref)
-    err_f = rel_error(out, moe_ref(a, w1f, w2f, tw, ids))
+    err_f = rel_error(out, moe_ref(inputs.a, inputs.w1f, inputs.w2f, inputs.tw, inputs.ids))
+    note = ""
+    if err > 1e-2 and mode in DYNAMIC_TENSOR_MODES:
+        err_at = {steps: rel_error(out, inputs.reference_at(steps)) for steps in (-1, 1)}
+        steps = min(err_at, key=err_at.get)
+        note = f" (vs the reference at its own amax {err:.3g}; the amax {steps:+d} bf16 value)"
+        print(f"{label}: {err:.4g} vs the reference, {err_at[steps]:.4g} with its intermediate amax {steps:+d} "
+              f"bf16 value")
+        err = err_at[steps]
     if os.environ.get("MOEJIT_ERR_LOG"):
         with open(os.environ["MOEJIT_ERR_LOG"], "a") as f:
-            f.write(f"{label}: vs exact-quantization reference {err:.3g}, vs moe_ref {err_f:.3g}\n")
-    assert err <= 1e-2, f"vs the exact-quantization reference: {err:.4g}"
+            f.write(f"{label}: vs exact-quantization reference {err:.3g}{note}, vs moe_ref {err_f:.3g}\n")
+    assert err <= 1e-2, f"vs the exact-quantization reference: {err:.4g}{note}"
     if mode != "static_tensor":  # a guessed static intermediate scale clips; the unquantized comparison is unfair
         assert err_f <= 0.08, f"vs moe_ref: {err_f:.4g}"
 

@@ -81,14 +81,14 @@ def _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_sca
     w_mode = W_BLOCK if block_shape is not None else (W_CHANNEL if per_out_ch else W_TENSOR)
     topk_weights = topk_weights.contiguous()
     gluon_moe = _gluon()
-    if gluon_moe is not None and gluon_moe.gluon_mode() == "force" and all(
-            gluon_moe.eligible(a.device, q_dtype, r, a_mode, w_mode) for r in (k, n)):
-        config, config2 = gluon_moe.forced_configs(config, config2)
+    forced = gluon_moe.gluon_mode() if gluon_moe is not None else "0"
+    if forced.startswith("force") and all(gluon_moe.eligible(a.device, q_dtype, r, a_mode, w_mode) for r in (k, n)):
+        config, config2 = gluon_moe.forced_configs(config, config2, 64 if forced == "force64" else 128)
 
     def gemm(x, w, c, x_s, w_s, routed, top_k, cfg, silu_mul=False):
         """One grouped GEMM: the warp-specialized Gluon kernel where the config asks for it and it can run, else
         the tl.dot kernel."""
-        if gluon_moe is not None and gluon_moe.use_gluon(x, w, a_mode, w_mode, cfg):
+        if gluon_moe is not None and gluon_moe.use_gluon(x, w, a_mode, w_mode, cfg, silu_mul):
             return gluon_moe.invoke_gluon_moe_gemm(x, w, c, x_s, w_s, routed, align, top_k, a_mode, w_mode, cfg,
                                                    silu_mul=silu_mul)
         return invoke_fused_moe_gemm(x, w, c, x_s, w_s, routed, align, top_k, a_mode, w_mode, cfg, block_shape,

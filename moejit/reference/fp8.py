@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from moejit.reference.core import div_ieee, moe_qdq_ref
+from moejit.reference.core import div_ieee, moe_qdq_ref, stepped_amax_scale
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -73,13 +73,22 @@ def quantize_weights_fp8_ref(w: torch.Tensor, per_out_ch: bool = False, block_sh
 def moe_fp8_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_weights: torch.Tensor,
                 topk_ids: torch.Tensor, w1_scale: torch.Tensor, w2_scale: torch.Tensor,
                 a1_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None,
-                per_act_token: bool = False, block_shape: tuple[int, int] | None = None) -> torch.Tensor:
+                per_act_token: bool = False, block_shape: tuple[int, int] | None = None, *,
+                inter_amax_steps: int = 0) -> torch.Tensor:
     """The FP8 MoE layer in float32, simulating its exact quantization: quantize the input (static per-tensor if
     ``a1_scale`` is given, else dynamic per-token or per-tensor, or 1×block_k groups with ``block_shape``), GEMM1
     with dequantized weights, SiLU·mul, quantize the intermediate the same way (with ``a2_scale``), GEMM2,
     weighted sum. Dynamic per-tensor scales of the intermediate are taken over all of its rows, as a fused
-    kernel sees them. Returns float32 ``[M, K]``."""
+    kernel sees them; ``inter_amax_steps`` moves that amax by so many bf16/fp16 values
+    (:func:`moejit.reference.core.stepped_amax_scale`). Returns float32 ``[M, K]``."""
     group = block_shape[1] if block_shape is not None else None
+    if inter_amax_steps and a2_scale is None and group is None and not per_act_token:
+        def qdq_inter(x):
+            s = stepped_amax_scale(x, inter_amax_steps, a.dtype, FP8_MAX, MIN_SCALE)
+            return fp8_dequant_ref(*fp8_quant_ref(x, scale=s))
+    else:
+        def qdq_inter(x):
+            return qdq(x, a2_scale)
 
     def qdq(x, static_scale):
         if static_scale is not None and group is None:
@@ -89,4 +98,4 @@ def moe_fp8_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_we
         return fp8_dequant_ref(q, s, group)
 
     return moe_qdq_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale,
-                       lambda x: qdq(x, a1_scale), lambda x: qdq(x, a2_scale), block_shape)
+                       lambda x: qdq(x, a1_scale), qdq_inter, block_shape)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from moejit.int8.format import INT8_MAX, INT32_MAX, HybridFormat
-from moejit.reference.core import div_ieee, moe_qdq_ref
+from moejit.reference.core import div_ieee, moe_qdq_ref, stepped_amax_scale
 
 MIN_SCALE = 1e-12  # per-tensor / per-token / per-channel / per-block: an all-zero scope gets this scale
 
@@ -257,13 +257,22 @@ def _dequant_act(q: torch.Tensor, s: torch.Tensor, group_size: int | None) -> to
 def moe_int8_w8a8_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_weights: torch.Tensor,
                       topk_ids: torch.Tensor, w1_scale: torch.Tensor, w2_scale: torch.Tensor,
                       a1_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None,
-                      per_act_token: bool = False, block_shape: tuple[int, int] | None = None) -> torch.Tensor:
+                      per_act_token: bool = False, block_shape: tuple[int, int] | None = None, *,
+                      inter_amax_steps: int = 0) -> torch.Tensor:
     """:func:`triton_moe_int8` in float32, simulating its exact quantization (the INT8 twin of
     :func:`moejit.reference.moe_fp8_ref`): quantize the input (static, per token, 1×bk groups or per tensor),
     GEMM1 with dequantized weights, SiLU·mul in float32 rounded to ``a.dtype`` (the fused GEMM1 stores it so),
-    quantize the live rows of the intermediate the same way (a per-tensor amax sees only live rows), GEMM2,
-    weighted sum over the live slots. Works on CPU or GPU. Returns float32 ``[M, K]``."""
+    quantize the live rows of the intermediate the same way (a per-tensor amax sees only live rows;
+    ``inter_amax_steps`` as in :func:`moejit.reference.moe_fp8_ref`), GEMM2, weighted sum over the live slots.
+    Works on CPU or GPU. Returns float32 ``[M, K]``."""
     group = block_shape[1] if block_shape is not None else None
+    if inter_amax_steps and a2_scale is None and group is None and not per_act_token:
+        def qdq_inter(x):
+            s = stepped_amax_scale(x, inter_amax_steps, a.dtype, INT8_MAX, MIN_SCALE)
+            return _dequant_act(*int8_quant_w8a8_ref(x, scale=s), None)
+    else:
+        def qdq_inter(x):
+            return qdq(x, a2_scale)
 
     def qdq(x, static_scale):
         if static_scale is not None and group is None:
@@ -272,4 +281,4 @@ def moe_int8_w8a8_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, t
         return _dequant_act(q, s, group)
 
     return moe_qdq_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale,
-                       lambda x: qdq(x, a1_scale), lambda x: qdq(x, a2_scale), block_shape)
+                       lambda x: qdq(x, a1_scale), qdq_inter, block_shape)

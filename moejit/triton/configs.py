@@ -26,8 +26,8 @@ from pathlib import Path
 PACKAGE_CONFIG_DIR = Path(__file__).parent / "configs"
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 GEMM2 = "gemm2"  # the key of GEMM2's overrides in a config
-# optional: "gluon": 1 runs the GEMM on the warp-specialized Gluon kernel (moejit.triton.gluon_moe; BLOCK_SIZE_M 64,
-# sm_90), with "gluon_stages" shared-memory stages
+# optional: "gluon": 1 runs the GEMM on the warp-specialized Gluon kernel (moejit.triton.gluon_moe; sm_90, BLOCK_SIZE_M
+# 64 or 128 and a tile that fits its registers, gluon_moe.tile_fits), with "gluon_stages" shared-memory stages
 OPTIONAL_KEYS = ("gluon", "gluon_stages")
 GEMM2_KEYS = CONFIG_KEYS[1:] + OPTIONAL_KEYS  # what GEMM2 may run differently: all but BLOCK_SIZE_M (the alignment)
 

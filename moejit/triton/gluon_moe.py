@@ -11,17 +11,21 @@ kernel each promotion waits for its wgmma to finish, and all warps of a program 
 (the gathered A rows are loaded by every warp), so the tensor cores idle during every promotion: 16–29% of GEMM1
 at large M (docs/triton_fp8.md). Here:
 
-- one loader warp group gathers the A rows with ``cp.async`` (through the sorted slot ids: no permuted copy) and
-  brings the weight tiles with TMA into a ring of ``STAGES`` shared-memory buffers, signalling mbarriers;
-- two consumer warp groups, each owning 64 rows of the 128-row tile, never meet each other: each issues the wgmma
-  of K step ``k`` into a fresh partial accumulator, then waits only for step ``k-1``'s wgmma, promotes that
-  partial into its float32 accumulator and frees its stage. The tensor core always has the next step queued;
-- the kernel is persistent (one program per SM walking the tiles), so the loader fills the next tile's stages
-  while the consumers run the epilogue.
+- one loader warp group (4 warps, 40 registers a thread) gathers the A rows with ``cp.async`` (through the sorted
+  slot ids: no permuted copy) and brings the weight tiles with TMA into a ring of ``STAGES`` shared-memory
+  buffers, signalling mbarriers;
+- the consumers are two warp groups (8 warps, 232 registers a thread after ``setmaxnreg``). With BLOCK_M = 128
+  each owns 64 rows of the tile; with BLOCK_M = 64 each owns half of its columns. Each issues the wgmma of K step
+  ``k`` into a fresh partial accumulator, then waits only for step ``k-1``'s wgmma, promotes that partial into its
+  float32 accumulator and frees the stage, so the tensor core always has the next step queued. A thread holds
+  the sum and two partials: 3 × 64 float32 values, which bounds the tile to BLOCK_M · BLOCK_N (· 2 with the gate
+  and up tiles of SwiGLU) = 128 · 128 (:func:`tile_fits`);
+- the kernel is persistent (one program per SM walking the tiles, GROUP_M m-blocks per sweep over N), so the
+  loader fills the next tile's stages while the consumers run the epilogue.
 
-The promotion interval is STEP_K = 128, as in the ``tl.dot`` kernel, so the two compute the same sums up to the
-order of float32 additions. Needs sm_90, K a multiple of STEP_K, FP8 e4m3 operands; :func:`supported` says
-whether a call qualifies, and the layer falls back to the ``tl.dot`` kernel otherwise.
+The promotion interval is STEP_K = 128, as in the ``tl.dot`` kernel: the two add the same float32 partials and
+give the same bits (measured on an H200, docs/triton_fp8.md). Needs sm_90, K a multiple of 2 · STEP_K, FP8 e4m3
+operands; :func:`eligible` says whether a GEMM qualifies, and the layer runs the ``tl.dot`` kernel otherwise.
 """
 
 from __future__ import annotations
@@ -41,10 +45,14 @@ from moejit.errors import MoejitInputError
 from moejit.triton.align import Alignment
 from moejit.triton.fused_moe import A_ROW, A_TENSOR, W_CHANNEL, W_TENSOR
 
-BLOCK_M, BLOCK_K = 64, 128  # one tile: 64 rows (one consumer warp group); one K step = one promotion
-TILE_M, STEP_K = gl.constexpr(BLOCK_M), gl.constexpr(BLOCK_K)  # the same, inside kernels
-LOADER_REGS = gl.constexpr(40)  # setmaxnreg of the loader warp group; the consumer gets the rest
-MAXNREG = 248  # per thread at launch (256 threads): ptxas allocates every partition within this
+BLOCK_K = 128  # one K step = one promotion
+STEP_K = gl.constexpr(BLOCK_K)  # the same, inside kernels
+BLOCK_MS = (64, 128)  # tile rows: 64 (the two consumer warp groups split the columns) or 128 (they split the rows)
+# float32 values a consumer thread holds per tile: the sum, and two partials in flight → 3 × BM·BN_out / 256 ≤ 192
+TILE_VALUES = 128 * 128
+CONSUMER_WARPS = 8  # the default partition: two warp groups
+LOADER_WARPS, LOADER_REGS = gl.constexpr(4), gl.constexpr(40)  # one loader warp group and its setmaxnreg
+MAXNREG = 168  # per thread at launch (384 threads = 65536 / 168 rounded down to 8): setmaxnreg moves the rest
 
 
 @gluon.jit
@@ -59,13 +67,13 @@ def _tile(t, num_pid_n, num_m_live, GROUP_M: gl.constexpr):
 @gluon.jit
 def _loader(a_ptr, w_desc, a_bufs, b_bufs, ready_a, ready_b, empty, sorted_ids_ptr, expert_ids_ptr,
             num_post_pad_ptr, N, K, num_slots, stride_am, N_W,
-            TOP_K: gl.constexpr, SILU_MUL: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr,
-            STAGES: gl.constexpr):
+            TOP_K: gl.constexpr, SILU_MUL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+            GROUP_M: gl.constexpr, STAGES: gl.constexpr):
     """Worker partition (4 warps): for every K step of every tile, wait for a free stage, TMA the weight tile(s)
     (gate, and up with SILU_MUL), and gather the tile's A rows with cp.async (padded slots read nothing: zeros)."""
     # 16 bytes a thread, 8 threads a 128-byte row, 16 rows a pass over the 4 warps
     layout: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [4, 1], [1, 0])
-    num_m_live = gl.cdiv(gl.load(num_post_pad_ptr), TILE_M)
+    num_m_live = gl.cdiv(gl.load(num_post_pad_ptr), BLOCK_M)
     num_pid_n = gl.cdiv(N, BLOCK_N)
     w_bytes: gl.constexpr = (2 if SILU_MUL else 1) * BLOCK_N * STEP_K
     offs_k = gl.arange(0, STEP_K, layout=gl.SliceLayout(0, layout))
@@ -73,7 +81,7 @@ def _loader(a_ptr, w_desc, a_bufs, b_bufs, ready_a, ready_b, empty, sorted_ids_p
     for t in range(gl.program_id(0), num_m_live * num_pid_n, gl.num_programs(0)):
         pid_m, pid_n = _tile(t, num_pid_n, num_m_live, GROUP_M)
         expert = gl.load(expert_ids_ptr + pid_m)
-        slots = gl.load(sorted_ids_ptr + pid_m * TILE_M + gl.arange(0, TILE_M, layout=gl.SliceLayout(1, layout)))
+        slots = gl.load(sorted_ids_ptr + pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout)))
         live = slots < num_slots
         a_ptrs = a_ptr + (slots // TOP_K).to(gl.int64)[:, None] * stride_am + offs_k[None, :]
         mask = live[:, None] & (offs_k[None, :] < STEP_K)
@@ -152,17 +160,22 @@ def _consumer(a_bufs, b_bufs, ready_a, ready_b, empty, c_ptr, a_scale_ptr, w_sca
               topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr, N, K, num_slots, stride_cm,
               stride_asm, stride_wse, stride_wsn,
               TOP_K: gl.constexpr, A_MODE: gl.constexpr, W_MODE: gl.constexpr, MUL_ROUTED_WEIGHT: gl.constexpr,
-              SILU_MUL: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr,
-              UNROLL: gl.constexpr):
-    """One consumer warp group: rows ``[HALF·64, HALF·64 + 64)`` of every tile. K step k's wgmma is issued into a
-    fresh partial accumulator before step k-1's is waited for and promoted (added to the float32 sum), so the
-    tensor core never drains for a promotion. Then the epilogue: scales, SiLU·mul, router weight, store."""
-    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                     instr_shape=[16, BLOCK_N, 32])
+              SILU_MUL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr,
+              STAGES: gl.constexpr, UNROLL: gl.constexpr):
+    """The default partition: two consumer warp groups, splitting each tile's rows (BLOCK_M 128) or columns
+    (BLOCK_M 64) between them (the NVMMA layout's ``warps_per_cta``). K step k's wgmma is issued into a fresh
+    partial accumulator before step k-1's is waited for and promoted (added to the float32 sum), so the tensor core
+    never drains for a promotion. Then the epilogue: scales, SiLU·mul, router weight, store. The stage is freed
+    by one arrive after a barrier of both warp groups (how Gluon lowers ``mbarrier.arrive``), hence ``empty``'s
+    count of 1."""
+    WARPS_M: gl.constexpr = BLOCK_M // 16  # 16 rows a warp; two warp groups side by side when BLOCK_M is 64
+    WARPS_N: gl.constexpr = 8 // WARPS_M
+    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS_M, WARPS_N],
+                                                     instr_shape=[16, BLOCK_N // WARPS_N, 32])
     NMMA: gl.constexpr = 2 if SILU_MUL else 1  # wgmma groups a K step
-    num_m_live = gl.cdiv(gl.load(num_post_pad_ptr), TILE_M)
+    num_m_live = gl.cdiv(gl.load(num_post_pad_ptr), BLOCK_M)
     num_pid_n = gl.cdiv(N, BLOCK_N)
-    zero = gl.zeros([TILE_M, BLOCK_N], gl.float32, layout)
+    zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout)
     it = 0
     for t in range(gl.program_id(0), num_m_live * num_pid_n, gl.num_programs(0)):
         pid_m, pid_n = _tile(t, num_pid_n, num_m_live, GROUP_M)
@@ -194,7 +207,7 @@ def _consumer(a_bufs, b_bufs, ready_a, ready_b, empty, c_ptr, a_scale_ptr, w_sca
         # epilogue
         row_l: gl.constexpr = gl.SliceLayout(1, layout)
         col_l: gl.constexpr = gl.SliceLayout(0, layout)
-        slots = gl.load(sorted_ids_ptr + pid_m * TILE_M + gl.arange(0, TILE_M, layout=row_l))
+        slots = gl.load(sorted_ids_ptr + pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_l))
         live = slots < num_slots
         rows = slots // TOP_K
         expert = gl.load(expert_ids_ptr + pid_m).to(gl.int64)
@@ -217,13 +230,13 @@ def gluon_moe_kernel(a_ptr, w_desc, c_ptr, a_scale_ptr, w_scale_ptr, topk_weight
                      sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
                      N, K, num_slots, N_W, stride_am, stride_cm, stride_asm, stride_wse, stride_wsn,
                      TOP_K: gl.constexpr, A_MODE: gl.constexpr, W_MODE: gl.constexpr,
-                     MUL_ROUTED_WEIGHT: gl.constexpr, SILU_MUL: gl.constexpr, BLOCK_N: gl.constexpr,
-                     GROUP_M: gl.constexpr, STAGES: gl.constexpr, UNROLL: gl.constexpr,
+                     MUL_ROUTED_WEIGHT: gl.constexpr, SILU_MUL: gl.constexpr, BLOCK_M: gl.constexpr,
+                     BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, UNROLL: gl.constexpr,
                      A_LAYOUT: gl.constexpr):
     """``C[slot, n] = scales · Σ_k A[slot // TOP_K, k] · W[e, n, k]`` (module docstring). ``w_desc``: a TMA
     descriptor over W as ``[E·N_W, K]`` with ``[BLOCK_N, STEP_K]`` boxes; N_W = 2N with SILU_MUL (gate ‖ up)."""
     NB: gl.constexpr = 2 if SILU_MUL else 1
-    a_bufs = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, TILE_M, STEP_K], A_LAYOUT)
+    a_bufs = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_M, STEP_K], A_LAYOUT)
     b_bufs = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, NB * BLOCK_N, STEP_K], w_desc.layout)
     ready_a = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     ready_b = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -231,15 +244,16 @@ def gluon_moe_kernel(a_ptr, w_desc, c_ptr, a_scale_ptr, w_scale_ptr, topk_weight
     for i in gl.static_range(STAGES):
         mbarrier.init(ready_a.index(i), count=128)  # one cp.async arrival per loader thread
         mbarrier.init(ready_b.index(i), count=1)  # the TMA's expect-tx
-        mbarrier.init(empty.index(i), count=1)  # the consumer warp group
+        mbarrier.init(empty.index(i), count=1)  # the consumers: one arrive after their barrier
     gl.warp_specialize([
         (_consumer, (a_bufs, b_bufs, ready_a, ready_b, empty, c_ptr, a_scale_ptr, w_scale_ptr, topk_weights_ptr,
                      sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr, N, K, num_slots, stride_cm, stride_asm,
-                     stride_wse, stride_wsn, TOP_K, A_MODE, W_MODE, MUL_ROUTED_WEIGHT, SILU_MUL, BLOCK_N, GROUP_M,
-                     STAGES, UNROLL)),
+                     stride_wse, stride_wsn, TOP_K, A_MODE, W_MODE, MUL_ROUTED_WEIGHT, SILU_MUL, BLOCK_M, BLOCK_N,
+                     GROUP_M, STAGES, UNROLL)),
         (_loader, (a_ptr, w_desc, a_bufs, b_bufs, ready_a, ready_b, empty, sorted_ids_ptr, expert_ids_ptr,
-                   num_post_pad_ptr, N, K, num_slots, stride_am, N_W, TOP_K, SILU_MUL, BLOCK_N, GROUP_M, STAGES)),
-    ], [4], [LOADER_REGS])
+                   num_post_pad_ptr, N, K, num_slots, stride_am, N_W, TOP_K, SILU_MUL, BLOCK_M, BLOCK_N, GROUP_M,
+                   STAGES)),
+    ], [LOADER_WARPS], [LOADER_REGS])
 
 
 GLUON_ENV = "MOEJIT_TRITON_GLUON"
@@ -247,15 +261,16 @@ GLUON_ENV = "MOEJIT_TRITON_GLUON"
 
 def gluon_mode() -> str:
     """``MOEJIT_TRITON_GLUON``: ``1`` (default) runs this kernel where the config asks for it (``"gluon": 1``),
-    ``0`` never, ``force`` wherever it can run (the configs are rewritten by :func:`forced_configs`)."""
+    ``0`` never, ``force`` / ``force64`` wherever it can run, with 128-row / 64-row tiles (the configs are
+    rewritten by :func:`forced_configs`)."""
     raw = os.environ.get(GLUON_ENV, "1").strip().lower()
     if raw in ("", "1", "true", "on", "yes"):
         return "1"
     if raw in ("0", "false", "off", "no"):
         return "0"
-    if raw == "force":
-        return "force"
-    raise MoejitInputError(f"environment variable {GLUON_ENV}={raw!r}: use 1, 0 or force")
+    if raw in ("force", "force64"):
+        return raw
+    raise MoejitInputError(f"environment variable {GLUON_ENV}={raw!r}: use 1, 0, force or force64")
 
 
 def _hopper(device: torch.device) -> bool:
@@ -276,19 +291,38 @@ def eligible(device: torch.device, dtype: torch.dtype, k: int, a_mode: int, w_mo
             and k % (2 * BLOCK_K) == 0 and a_mode in (A_TENSOR, A_ROW) and w_mode in (W_TENSOR, W_CHANNEL))
 
 
-def use_gluon(a: torch.Tensor, w: torch.Tensor, a_mode: int, w_mode: int, config: dict) -> bool:
-    """Whether the layer runs this GEMM here: the config asks for it (``"gluon": 1``, BLOCK_SIZE_M 64), the
-    switch allows it, :func:`eligible`, and A's rows and W are contiguous."""
-    return (bool(config.get("gluon")) and config["BLOCK_SIZE_M"] == BLOCK_M and gluon_mode() != "0"
-            and a.dtype == w.dtype and eligible(a.device, a.dtype, a.shape[1], a_mode, w_mode)
-            and a.stride(1) == 1 and w.is_contiguous())
+def tile_fits(block_m: int, block_n: int, silu_mul: bool) -> bool:
+    """Whether a ``block_m`` × ``block_n`` output tile (gate and up tiles of ``block_n`` columns each with
+    ``silu_mul``) fits the consumers' registers: BLOCK_M 64 or 128, ``block_m · block_n · (2 if silu_mul else 1)``
+    float32 values = :data:`TILE_VALUES` (each of 256 threads then holds 64 values of the sum and 2 × 64 of the
+    partials in flight)."""
+    return block_m in BLOCK_MS and block_m * block_n * (2 if silu_mul else 1) == TILE_VALUES
 
 
-def forced_configs(config: dict, config2: dict) -> tuple[dict, dict]:
-    """The configs of ``MOEJIT_TRITON_GLUON=force``: both GEMMs here, 64-row tiles, GEMM1 64 (gate) + 64 (up)
-    columns, GEMM2 128 columns, 4 stages, GROUP_SIZE_M 8."""
-    base = dict(BLOCK_SIZE_M=BLOCK_M, GROUP_SIZE_M=8, gluon=1, gluon_stages=4)
-    return {**config, **base, "BLOCK_SIZE_N": 64}, {**config2, **base, "BLOCK_SIZE_N": 128}
+def use_gluon(a: torch.Tensor, w: torch.Tensor, a_mode: int, w_mode: int, config: dict,
+              silu_mul: bool = False) -> bool:
+    """Whether the layer runs this GEMM here: the config asks for it (``"gluon": 1``), the switch allows it,
+    :func:`eligible`, and A's rows and W are contiguous. A config that asks for it with a tile that does not
+    fit (:func:`tile_fits`) is an error, not a silent fallback."""
+    if not config.get("gluon") or gluon_mode() == "0":
+        return False
+    if not (a.dtype == w.dtype and eligible(a.device, a.dtype, a.shape[1], a_mode, w_mode)
+            and a.stride(1) == 1 and w.is_contiguous()):
+        return False
+    if not tile_fits(config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"], silu_mul):
+        raise MoejitInputError(
+            f"config {config} asks for the Gluon kernel with a {config['BLOCK_SIZE_M']} x {config['BLOCK_SIZE_N']}"
+            f"{' (gate + up)' if silu_mul else ''} tile: it runs BLOCK_SIZE_M 64 or 128 with BLOCK_SIZE_M x "
+            f"BLOCK_SIZE_N{' x 2' if silu_mul else ''} = {TILE_VALUES}")
+    return True
+
+
+def forced_configs(config: dict, config2: dict, block_m: int = 128) -> tuple[dict, dict]:
+    """The configs of ``MOEJIT_TRITON_GLUON=force``: both GEMMs here with ``block_m``-row tiles (128, or 64 with
+    ``force64``) and the widest tile that fits (:func:`tile_fits`), 4 stages, GROUP_SIZE_M 8."""
+    base = dict(BLOCK_SIZE_M=block_m, GROUP_SIZE_M=8, gluon=1, gluon_stages=4)
+    bn = TILE_VALUES // block_m
+    return {**config, **base, "BLOCK_SIZE_N": bn // 2}, {**config2, **base, "BLOCK_SIZE_N": bn}
 
 
 def unroll(k: int) -> int:
@@ -306,16 +340,17 @@ def invoke_gluon_moe_gemm(a: torch.Tensor, w: torch.Tensor, c: torch.Tensor, a_s
                           w_scale: torch.Tensor, topk_weights: torch.Tensor | None, align: Alignment, top_k: int,
                           a_mode: int, w_mode: int, config: dict, silu_mul: bool = False) -> torch.Tensor:
     """:func:`moejit.triton.fused_moe.invoke_fused_moe_gemm`'s contract on :func:`gluon_moe_kernel` (check
-    :func:`eligible` first; the alignment's BLOCK_SIZE_M must be :data:`BLOCK_M`). Config keys used: ``BLOCK_SIZE_N`` (64 or 128; 64 with ``silu_mul``, whose tile is a
-    gate and an up tile), ``GROUP_SIZE_M``, ``gluon_stages``."""
+    :func:`use_gluon` first; the alignment's block size must be the config's BLOCK_SIZE_M). Config keys used:
+    ``BLOCK_SIZE_M`` and ``BLOCK_SIZE_N`` (:func:`tile_fits`), ``GROUP_SIZE_M``, ``gluon_stages``."""
     num_slots, n = c.shape
     e, n_w, k = w.shape
-    assert n_w == (2 * n if silu_mul else n) and a.shape[1] == k
-    bn = config["BLOCK_SIZE_N"]
+    bm, bn = config["BLOCK_SIZE_M"], config["BLOCK_SIZE_N"]
+    assert n_w == (2 * n if silu_mul else n) and a.shape[1] == k and tile_fits(bm, bn, silu_mul)
+    assert align.sorted_ids.shape[0] % bm == 0
     stages = config.get("gluon_stages", 4)
     w_layout = gl.NVMMASharedLayout.get_default_for([bn, BLOCK_K], gl.float8e4nv)
     w_desc = TensorDescriptor(w.view(e * n_w, k), [e * n_w, k], [k, 1], [bn, BLOCK_K], w_layout)
-    a_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], gl.float8e4nv)
+    a_layout = gl.NVMMASharedLayout.get_default_for([bm, BLOCK_K], gl.float8e4nv)
     ws = w_scale.reshape(e, -1)
     num_tiles = align.expert_ids.shape[0] * triton.cdiv(n, bn)  # an upper bound: the padded length is on the GPU
     grid = (max(1, min(_num_sms(a.device.index or 0), num_tiles)),)
@@ -325,7 +360,7 @@ def invoke_gluon_moe_gemm(a: torch.Tensor, w: torch.Tensor, c: torch.Tensor, a_s
         n, k, num_slots, n_w, a.stride(0), c.stride(0),
         a_scale.stride(0) if a_mode == A_ROW else 0, ws.stride(0), ws.stride(1) if w_mode == W_CHANNEL else 0,
         TOP_K=top_k, A_MODE=a_mode, W_MODE=w_mode, MUL_ROUTED_WEIGHT=topk_weights is not None, SILU_MUL=silu_mul,
-        BLOCK_N=bn, GROUP_M=config.get("GROUP_SIZE_M", 1), STAGES=stages, UNROLL=unroll(k), A_LAYOUT=a_layout,
-        num_warps=4, maxnreg=MAXNREG,
+        BLOCK_M=bm, BLOCK_N=bn, GROUP_M=config.get("GROUP_SIZE_M", 1), STAGES=stages, UNROLL=unroll(k),
+        A_LAYOUT=a_layout, num_warps=CONSUMER_WARPS, maxnreg=MAXNREG,
     )
     return c

@@ -10,7 +10,10 @@ For every model × TP size × quantization mode, and every batch size M, the who
    ∈ {1, 16}, BLOCK_SIZE_K ∈ {64, 128, 256};
 3. GEMM2's own config (a ``"gemm2"`` override, :mod:`moejit.triton.configs`): BLOCK_SIZE_N, BLOCK_SIZE_K, warps,
    stages, GROUP_SIZE_M in turn, each from the best so far (GEMM1 accumulates gate and up tiles over the hidden
-   size, GEMM2 one tile over the intermediate size, so one tile rarely suits both).
+   size, GEMM2 one tile over the intermediate size, so one tile rarely suits both);
+4. on sm_90 with FP8 per-tensor/per-token × per-tensor/per-channel scales: the warp-specialized Gluon kernel
+   (:mod:`moejit.triton.gluon_moe`, ``"gluon": 1``) on both GEMMs with 64- and 128-row tiles, and on GEMM2 alone
+   under the best config so far (:func:`gluon_candidates`).
 
 The shape heuristic's own config (:func:`moejit.triton.configs.heuristic_config`, what the layer runs without a
 table) is always timed too, so every table records how far the fallback is from the best (``_heuristic``: M →
@@ -122,6 +125,51 @@ def gemm2_candidates(best: dict, key: str, values, block_shape=None) -> list[dic
     return out
 
 
+GLUON_ROUND = 6  # at most this many configs per M in round 4
+GLUON_STAGES = {64: 5, 128: 6}  # the most 128-deep stages (A tile + W tiles) of the Gluon kernel in SMEM_LIMIT
+
+
+def gluon_candidates(best: dict, m: int, e: int, topk: int) -> list[dict]:
+    """Round 4: the Gluon kernel on both GEMMs (BLOCK_SIZE_M 64, and 128 where the rows per expert fill it; the
+    widest tile that fits its registers, :func:`moejit.triton.gluon_moe.tile_fits`; 4 stages and the most that
+    fit), and on GEMM2 alone under ``best`` where ``best``'s BLOCK_SIZE_M suits it."""
+    from moejit.triton.gluon_moe import BLOCK_MS, TILE_VALUES
+
+    rows = m * topk / max(e, 1)
+    plain = {k: v for k, v in best.items() if k != cfgs.GEMM2}
+    out = []
+    for bm in BLOCK_MS:
+        if bm > max(64, 2 * rows):
+            continue
+        for stages in sorted({4, GLUON_STAGES[bm]}):
+            out.append(dict(plain, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=TILE_VALUES // bm // 2, GROUP_SIZE_M=8, gluon=1,
+                            gluon_stages=stages, **{cfgs.GEMM2: {"BLOCK_SIZE_N": TILE_VALUES // bm}}))
+    bm = best["BLOCK_SIZE_M"]
+    if bm in BLOCK_MS and not best.get("gluon"):
+        for stages in sorted({4, GLUON_STAGES[bm]}):
+            over = {**best.get(cfgs.GEMM2, {}), "BLOCK_SIZE_N": TILE_VALUES // bm, "gluon": 1,
+                    "gluon_stages": stages}
+            out.append({**plain, cfgs.GEMM2: over})
+    return [c for c in out if c != best]
+
+
+def gluon_applies(q_dtype, mode_args: "ModeArgs", k: int, n: int) -> bool:
+    """Whether round 4 runs: this GPU and Triton run the Gluon kernel, and it takes both GEMMs of this shape
+    (:func:`moejit.triton.gluon_moe.eligible`: reductions over K and N)."""
+    import torch
+
+    from moejit.moe.triton_fp8 import _gluon
+    from moejit.triton.fused_moe import A_ROW, A_TENSOR, W_CHANNEL, W_TENSOR
+
+    gluon_moe = _gluon()
+    if gluon_moe is None or mode_args.block is not None or mode_args.hybrid or not torch.cuda.is_available():
+        return False
+    a_mode = A_ROW if mode_args.per_token else A_TENSOR
+    w_mode = W_CHANNEL if mode_args.per_ch else W_TENSOR
+    dev = torch.device("cuda", torch.cuda.current_device())
+    return all(gluon_moe.eligible(dev, q_dtype, r, a_mode, w_mode) for r in (k, n))
+
+
 class ModeArgs(NamedTuple):
     """A quantization mode as the layer's arguments. ``block`` is the block shape the tiles must respect: the
     weights' for block scales; for ``hybrid`` the Q block along K (weights are per channel there)."""
@@ -194,13 +242,15 @@ def time_config(inputs, mode_args, cfg, iters: int) -> float | None:
 
 
 def tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress=None, task=None, log=print,
-               timer=None, make_inputs=None, on_batch=None) -> tuple[dict, dict]:
+               timer=None, make_inputs=None, on_batch=None, gluon=None) -> tuple[dict, dict]:
     """Best config per batch size for one layer shape. Returns ``({M: config}, {M: heuristic µs / best µs})``
     (the ratio is None where the heuristic's config did not run). ``timer(inputs, mode_args, cfg, iters)`` and
     ``make_inputs(m, previous)`` default to the GPU ones (:func:`time_config`, random FP8/INT8 layer inputs).
     ``on_batch(table, ratios)`` is called after each batch size (the CLI writes the partial table there, so a
-    killed or failed run keeps what it tuned)."""
+    killed or failed run keeps what it tuned). ``gluon``: run round 4 (default: :func:`gluon_applies`)."""
     mode_args = _mode_args(mode)
+    if gluon is None:
+        gluon = gluon_applies(q_dtype, mode_args, k, n)
     timer = timer or time_config
     if make_inputs is None:
         make_inputs = _gpu_inputs(e, topk, k, n, mode_args, q_dtype)
@@ -227,6 +277,9 @@ def tune_shape(e, topk, k, n, batch_sizes, mode, q_dtype, iters, progress=None, 
             for key, values in GEMM2_SEARCH:
                 best_so_far = min(((u, c) for u, c in timed if u is not None), key=lambda r: r[0])[1]
                 run(gemm2_candidates(best_so_far, key, values, mode_args[2]))
+            if gluon:  # round 4: the warp-specialized Gluon kernel
+                best_so_far = min(((u, c) for u, c in timed if u is not None), key=lambda r: r[0])[1]
+                run(gluon_candidates(best_so_far, m, e, topk))
         ran = [(us, c) for us, c in timed if us is not None]
         if not ran:
             raise click.ClickException(f"no config ran for M={m}, E={e}, N={n}, K={k}")
@@ -321,7 +374,7 @@ def tune(models, tp_sizes, batch_sizes, shapes, quant_modes, qdtype, iters, outp
         for label, e, topk, k, n in todo:
             for mode in quant_modes:
                 mode_args = _mode_args(mode)
-                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 10 + GEMM2_ROUND
+                total = sum(len(tile_candidates(m, e, topk, mode_args[2])) + 10 + GEMM2_ROUND + GLUON_ROUND
                             for m in batch_sizes)
                 task = progress.add_task(f"{label} {mode}", total=total)
                 name = cfgs.config_file_name(e, n, k, topk, device, dtype_name, mode)
