@@ -3,8 +3,10 @@
 References: moejit.reference.moe_fp8_ref simulates the layer's exact quantization in float32; moe_ref is the
 unquantized layer. Tolerances (relative Frobenius): ≤ 1e-2 against the simulation — what remains is the GEMM1
 output being stored in bf16/fp16 before SiLU (the reference keeps float32), float32 accumulation order, 16-bit
-output rounding, and the occasional one-step e4m3 flip of an intermediate value those cause; ≤ 0.08 against the
-unquantized layer — e4m3 has a 3-bit mantissa (relative step 2^-4, ~2-3% RMS error per quantized operand).
+output rounding, and the occasional one-step e4m3 flip of an intermediate value those cause (with a dynamic
+per-tensor scale, also against the simulation whose intermediate amax is one bf16 value away: the scale is
+discontinuous there, moving ~9% of the e4m3 roundings at once); ≤ 0.08 against the unquantized layer — e4m3
+has a 3-bit mantissa (relative step 2^-4, ~2-3% RMS error per quantized operand).
 """
 
 import math
@@ -73,6 +75,14 @@ def _run(a, topk_weights, topk_ids, e, k, n, a_mode, b_mode, gen, check_unquanti
     assert out.shape == a.shape and out.dtype == a.dtype
     ref = moe_fp8_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_s, w2_s, **kw)
     err = rel_error(out, ref)
+    if err > 1e-2 and a_mode == "dynamic":
+        # the intermediate's one dynamic scale may sit one bf16 amax value away from the reference's with both
+        # right (tests/triton_layer_cases.py, check_vs_references): compare with the reference at that amax
+        err_at = {s: rel_error(out, moe_fp8_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_s, w2_s, **kw,
+                                                inter_amax_steps=s)) for s in (-1, 1)}
+        steps = min(err_at, key=err_at.get)
+        print(f"{err:.4g} vs the FP8 simulation, {err_at[steps]:.4g} with its intermediate amax {steps:+d} bf16 value")
+        err = err_at[steps]
     if err > 1e-2:
         # Say whether the layer is as close to the unquantized layer as the simulation is (a dynamic scale that
         # moved by one rounding step: both equally accurate) or farther (a wrong value).

@@ -172,3 +172,40 @@ def test_gluon_gemms_compile_without_spills_or_serialized_wgmma(compiled, monkey
         assert spill_bytes(report) == 0, report
         assert "C75" not in report, report
         assert c.shared <= MAX_SHARED_BYTES
+
+
+@pytest.mark.parametrize("block_m", [64, 128])
+@pytest.mark.parametrize("silu_mul", [True, False])
+def test_gluon_max_stages_fit_shared_memory(compiled, monkeypatch, block_m, silu_mul):
+    """gluon_moe.MAX_STAGES is what fits: the kernel at that many stages (with the epilogue's shared-memory
+    staging of the output tile) stays within an H100/H200 block's shared memory, one more stage does not, and
+    the launcher refuses it with a clear error before compiling."""
+    from moejit.errors import MoejitInputError
+    from moejit.triton.align import Alignment
+    from moejit.triton.fused_moe import A_ROW, W_CHANNEL
+
+    monkeypatch.setattr(gluon_moe, "_num_sms", lambda index: 132)
+    e, k, n, slots = 8, 1024, 512, 4096
+    bn = gluon_moe.TILE_VALUES // block_m // (2 if silu_mul else 1)
+    a = torch.empty(slots, k, dtype=FP8, **META)
+    w = torch.empty(e, 2 * n if silu_mul else n, k, dtype=FP8, **META)
+    c = torch.empty(slots, n, dtype=torch.bfloat16, **META)
+    padded = slots + e * block_m
+    ids = [torch.empty(size, dtype=torch.int32, **META) for size in (padded, padded // block_m, 1)]
+    align = Alignment(*ids)
+    routed = None if silu_mul else torch.empty(slots, **META)
+    a_s, w_s = torch.empty(slots, 1, **META), torch.empty(e, w.shape[1], **META)
+
+    def launch(cfg):
+        gluon_moe.invoke_gluon_moe_gemm(a, w, c, a_s, w_s, routed, align, 2, A_ROW, W_CHANNEL, cfg, silu_mul=silu_mul)
+
+    stages = gluon_moe.MAX_STAGES[block_m]
+    for st in (stages, stages + 1):
+        cfg = dict(BLOCK_SIZE_M=block_m, BLOCK_SIZE_N=bn, GROUP_SIZE_M=8, gluon=1, gluon_stages=st)
+        if st > stages:
+            with pytest.raises(MoejitInputError, match="gluon_stages"):
+                launch(cfg)
+            monkeypatch.setitem(gluon_moe.MAX_STAGES, block_m, st)  # compile it anyway: it must not fit
+        launch(cfg)
+        shared = compiled[-1].shared
+        assert (shared <= MAX_SHARED_BYTES) == (st == stages), f"{st} stages: {shared} B of shared memory"

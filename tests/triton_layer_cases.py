@@ -145,9 +145,9 @@ def check_vs_references(out, ref, inputs, label, mode):
     In the dynamic per-tensor modes the intermediate's one scale is discontinuous in the data: when its largest
     element sits near a bf16 rounding boundary, the layer's tensor-core sum and the float32 reference round it to
     neighbouring values, the scale moves one step and ~9% of the FP8 roundings with it: ~2% apart with both right
-    (a few percent of such cases on an H200 for the wgmma paths, e.g. 1 of 16 seeds of Qwen3.6 M=512). There the layer must be within 1e-2 of the
-    reference at its own amax or at the amax one bf16 value away (``reference_at(±1)``), and the message says
-    which; any other error stays an error."""
+    (a few percent of such cases on an H200 for the wgmma paths, e.g. 1 of 16 seeds of Qwen3.6 M=512). There the
+    layer must be within 1e-2 of the reference at its own amax or at the amax one bf16 value away
+    (``reference_at(±1)``), and the message says which; any other error stays an error."""
     from moejit.reference import moe_ref, rel_error
 
     err = rel_error(out, ref)

@@ -126,14 +126,13 @@ def gemm2_candidates(best: dict, key: str, values, block_shape=None) -> list[dic
 
 
 GLUON_ROUND = 6  # at most this many configs per M in round 4
-GLUON_STAGES = {64: 5, 128: 6}  # the most 128-deep stages (A tile + W tiles) of the Gluon kernel in SMEM_LIMIT
 
 
 def gluon_candidates(best: dict, m: int, e: int, topk: int) -> list[dict]:
     """Round 4: the Gluon kernel on both GEMMs (BLOCK_SIZE_M 64, and 128 where the rows per expert fill it; the
     widest tile that fits its registers, :func:`moejit.triton.gluon_moe.tile_fits`; 4 stages and the most that
     fit), and on GEMM2 alone under ``best`` where ``best``'s BLOCK_SIZE_M suits it."""
-    from moejit.triton.gluon_moe import BLOCK_MS, TILE_VALUES
+    from moejit.triton.gluon_moe import BLOCK_MS, MAX_STAGES, TILE_VALUES
 
     rows = m * topk / max(e, 1)
     plain = {k: v for k, v in best.items() if k != cfgs.GEMM2}
@@ -141,12 +140,12 @@ def gluon_candidates(best: dict, m: int, e: int, topk: int) -> list[dict]:
     for bm in BLOCK_MS:
         if bm > max(64, 2 * rows):
             continue
-        for stages in sorted({4, GLUON_STAGES[bm]}):
+        for stages in sorted({4, MAX_STAGES[bm]}):
             out.append(dict(plain, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=TILE_VALUES // bm // 2, GROUP_SIZE_M=8, gluon=1,
                             gluon_stages=stages, **{cfgs.GEMM2: {"BLOCK_SIZE_N": TILE_VALUES // bm}}))
     bm = best["BLOCK_SIZE_M"]
     if bm in BLOCK_MS and not best.get("gluon"):
-        for stages in sorted({4, GLUON_STAGES[bm]}):
+        for stages in sorted({4, MAX_STAGES[bm]}):
             over = {**best.get(cfgs.GEMM2, {}), "BLOCK_SIZE_N": TILE_VALUES // bm, "gluon": 1,
                     "gluon_stages": stages}
             out.append({**plain, cfgs.GEMM2: over})
