@@ -21,7 +21,8 @@ at large M (docs/triton_fp8.md). Here:
   the sum and two partials: 3 × 64 float32 values, which bounds the tile to BLOCK_M · BLOCK_N (· 2 with the gate
   and up tiles of SwiGLU) = 128 · 128 (:func:`tile_fits`);
 - the kernel is persistent (one program per SM walking the tiles, GROUP_M m-blocks per sweep over N), so the
-  loader fills the next tile's stages while the consumers run the epilogue.
+  loader fills the next tile's stages while the consumers run the epilogue, which stages the output tile through
+  shared memory so that each thread stores 16 contiguous bytes of a row.
 
 The promotion interval is STEP_K = 128, as in the ``tl.dot`` kernel: the two add the same float32 partials and
 give the same bits (measured on an H200, docs/triton_fp8.md). Needs sm_90, K a multiple of 2 · STEP_K, FP8 e4m3
@@ -52,7 +53,7 @@ BLOCK_MS = (64, 128)  # tile rows: 64 (the two consumer warp groups split the co
 TILE_VALUES = 128 * 128
 CONSUMER_WARPS = 8  # the default partition: two warp groups
 LOADER_WARPS, LOADER_REGS = gl.constexpr(4), gl.constexpr(40)  # one loader warp group and its setmaxnreg
-MAX_STAGES = {64: 5, 128: 6}  # stages that fit 227 KB of shared memory with the epilogue's (compiled for sm_90)
+MAX_STAGES = {64: 5, 128: 6}  # stages that fit 227 KB of shared memory beside the epilogue's staging of the tile
 MAXNREG = 168  # per thread at launch (384 threads = 65536 / 168 rounded down to 8): setmaxnreg moves the rest
 
 
