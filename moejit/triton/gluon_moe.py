@@ -44,7 +44,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from moejit.errors import MoejitInputError
 from moejit.triton.align import Alignment
-from moejit.triton.fused_moe import A_ROW, A_TENSOR, W_CHANNEL, W_TENSOR
+from moejit.triton.fused_moe import A_ROW, A_TENSOR, W_CHANNEL, W_TENSOR, _scale_out
 
 BLOCK_K = 128  # one K step = one promotion
 STEP_K = gl.constexpr(BLOCK_K)  # the same, inside kernels
@@ -99,21 +99,6 @@ def _loader(a_ptr, w_desc, a_bufs, b_bufs, ready_a, ready_b, empty, sorted_ids_p
             async_copy.async_copy_global_to_shared(a_bufs.index(s), a_ptrs + k, mask=mask)
             async_copy.mbarrier_arrive(ready_a.index(s), increment_count=False)
             it += 1
-
-
-@gluon.jit
-def _scaled(acc, rows, live, a_scale_ptr, w_scale_ptr, expert, cols, stride_asm, stride_wse, stride_wsn,
-            A_MODE: gl.constexpr, W_MODE: gl.constexpr):
-    """acc · activation scale (per tensor / per row) · weight scale (per expert / per output channel)."""
-    if A_MODE == 1:
-        acc = acc * gl.load(a_scale_ptr + rows.to(gl.int64) * stride_asm, mask=live, other=0.0)[:, None]
-    else:
-        acc = acc * gl.load(a_scale_ptr)
-    if W_MODE == 1:
-        acc = acc * gl.load(w_scale_ptr + expert * stride_wse + cols * stride_wsn)[None, :]
-    else:
-        acc = acc * gl.load(w_scale_ptr + expert * stride_wse)
-    return acc
 
 
 @gluon.jit
@@ -215,10 +200,10 @@ def _consumer(a_bufs, b_bufs, ready_a, ready_b, empty, c_ptr, a_scale_ptr, w_sca
         expert = gl.load(expert_ids_ptr + pid_m).to(gl.int64)
         offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_l)
         cols = offs_n % N  # wrapped: the columns past N are never stored
-        out = _scaled(acc, rows, live, a_scale_ptr, w_scale_ptr, expert, cols, stride_asm, stride_wse, stride_wsn,
+        out = _scale_out(acc, rows, live, a_scale_ptr, w_scale_ptr, expert, cols, stride_asm, stride_wse, stride_wsn,
                       A_MODE, W_MODE)
         if SILU_MUL:
-            up = _scaled(acc_u, rows, live, a_scale_ptr, w_scale_ptr, expert, cols + N, stride_asm, stride_wse,
+            up = _scale_out(acc_u, rows, live, a_scale_ptr, w_scale_ptr, expert, cols + N, stride_asm, stride_wse,
                          stride_wsn, A_MODE, W_MODE)
             out = out / (1.0 + gl.exp(-out)) * up
         if MUL_ROUTED_WEIGHT:
