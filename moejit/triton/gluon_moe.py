@@ -200,11 +200,12 @@ def _consumer(a_bufs, b_bufs, ready_a, ready_b, empty, c_ptr, a_scale_ptr, w_sca
         expert = gl.load(expert_ids_ptr + pid_m).to(gl.int64)
         offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_l)
         cols = offs_n % N  # wrapped: the columns past N are never stored
-        out = _scale_out(acc, rows, live, a_scale_ptr, w_scale_ptr, expert, cols, stride_asm, stride_wse, stride_wsn,
-                      A_MODE, W_MODE)
+        # the scales as the tl.dot kernel applies them (its own function: the same bits)
+        out = _scale_out(acc, rows, live, a_scale_ptr, w_scale_ptr, expert, cols, stride_asm, stride_wse,
+                         stride_wsn, A_MODE, W_MODE)
         if SILU_MUL:
             up = _scale_out(acc_u, rows, live, a_scale_ptr, w_scale_ptr, expert, cols + N, stride_asm, stride_wse,
-                         stride_wsn, A_MODE, W_MODE)
+                            stride_wsn, A_MODE, W_MODE)
             out = out / (1.0 + gl.exp(-out)) * up
         if MUL_ROUTED_WEIGHT:
             out = out * gl.load(topk_weights_ptr + slots, mask=live, other=0.0).to(gl.float32)[:, None]

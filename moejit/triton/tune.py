@@ -22,10 +22,10 @@ heuristic µs / best µs), and the log prints it.
 ``--quant hybrid --dtype int8`` tunes :func:`moejit.ops.triton_moe_int8_hybrid` (INT8 hybrid Q/F activations,
 B = 128, S = 256, q_max = 16; BLOCK_SIZE_K at most B); its tables are keyed ``dtype=int8_w8a8,quant=hybrid``.
 
-That is ~25 configs per M (each a Triton compile of two GEMM variants plus a short timing), so a model's default
-batch sizes tune in minutes. Configs that fail to compile or run (shared memory, registers) are skipped. The table
-goes to ``<moejit cache>/triton_configs`` (searched by the layer before the shipped tables) and, with
-``--output DIR``, also to DIR (e.g. ``moejit/triton/configs`` to ship it).
+That is ~25 configs per M, ~31 with round 4 (each a Triton compile of two GEMM variants plus a short timing), so a
+model's default batch sizes tune in minutes. Configs that fail to compile or run (shared memory, registers) are
+skipped. The table goes to ``<moejit cache>/triton_configs`` (searched by the layer before the shipped tables)
+and, with ``--output DIR``, also to DIR (e.g. ``moejit/triton/configs`` to ship it).
 """
 
 from __future__ import annotations
