@@ -180,7 +180,9 @@ def test_fp8_weights_are_real_per_expert_or_per_channel_quantization(seeded, per
     qf = q.float()
     amax = qf.abs().amax(dim=-1) if per_out_ch else qf.abs().flatten(1).amax(dim=-1)
     assert torch.all(amax == FP8_MAX)  # each scale group uses the full e4m3 range: the scales are real
-    assert len(torch.unique(s)) == s.numel()  # distinct per expert / channel, not one faked scale
+    # distinct per expert / channel, not one faked scale (a per-tensor scale expanded would give 1, or 3 for
+    # per-channel); two of 72 random amaxes may coincide in float32 (seen once in CI's seed 232112782)
+    assert len(torch.unique(s)) > s.numel() // 2
     # The dequantized weights have the requested spread (std 1/sqrt(K)) within sampling error.
     w = qf * (s[..., None] if per_out_ch else s[:, None, None])
     assert w.std().item() == pytest.approx(1 / math.sqrt(40), rel=0.1)
