@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from cuda_graphs import capture
+from triton_layer_cases import neighbouring_amax_error
 from moejit import ops
 from moejit.errors import MoejitInputError
 from moejit.ops.fp8 import GEMM_CONFIGS
@@ -78,11 +79,9 @@ def _run(a, topk_weights, topk_ids, e, k, n, a_mode, b_mode, gen, check_unquanti
     if err > 1e-2 and a_mode == "dynamic":
         # the intermediate's one dynamic scale may sit one bf16 amax value away from the reference's with both
         # right (tests/triton_layer_cases.py, check_vs_references): compare with the reference at that amax
-        err_at = {s: rel_error(out, moe_fp8_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_s, w2_s, **kw,
-                                                inter_amax_steps=s)) for s in (-1, 1)}
-        steps = min(err_at, key=err_at.get)
-        print(f"{err:.4g} vs the FP8 simulation, {err_at[steps]:.4g} with its intermediate amax {steps:+d} bf16 value")
-        err = err_at[steps]
+        err, _ = neighbouring_amax_error(
+            out, lambda s: moe_fp8_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_s, w2_s, **kw, inter_amax_steps=s),
+            f"{err:.4g} vs the FP8 simulation at its own amax")
     if err > 1e-2:
         # Say whether the layer is as close to the unquantized layer as the simulation is (a dynamic scale that
         # moved by one rounding step: both equally accurate) or farther (a wrong value).

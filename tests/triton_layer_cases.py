@@ -1,6 +1,7 @@
 """Shapes, scale modes, weights and the layer runner shared by the Triton FP8 and INT8 layer GPU tests
 (tests/test_triton_fp8_gpu.py, tests/test_triton_int8_gpu.py): the two layers share a pipeline, so their tests
-share the cases; each file passes its layer, quantizer, reference and quantization range."""
+share the cases; each file passes its layer, quantizer, reference and quantization range. (The CUTLASS FP8 layer
+tests take :func:`neighbouring_amax_error` from here too.)"""
 
 import os
 from typing import Callable, NamedTuple
@@ -137,6 +138,18 @@ def check_cuda_graph(layer, reference, weights, mode, gen, name="qwen3.6-35b-a3b
 DYNAMIC_TENSOR_MODES = ("tensor_tensor", "tensor_channel")  # the intermediate's scale: one dynamic amax
 
 
+def neighbouring_amax_error(out, reference_at, label):
+    """``(error, steps)``: the smaller relative error of ``out`` against ``reference_at(-1)`` and
+    ``reference_at(+1)`` (the reference with the intermediate's dynamic per-tensor amax one bf16 value away,
+    :func:`check_vs_references`), printed with ``label``."""
+    from moejit.reference import rel_error
+
+    err_at = {steps: rel_error(out, reference_at(steps)) for steps in (-1, 1)}
+    steps = min(err_at, key=err_at.get)
+    print(f"{label}: {err_at[steps]:.4g} against the reference with its intermediate amax {steps:+d} bf16 value")
+    return err_at[steps], steps
+
+
 def check_vs_references(out, ref, inputs, label, mode):
     """The layer's output ``out`` within 1e-2 of ``ref`` (the exact-quantization reference) and, unless the
     intermediate's static scale is a guess, within 0.08 of the unquantized float32 layer on ``inputs`` (as
@@ -154,12 +167,9 @@ def check_vs_references(out, ref, inputs, label, mode):
     err_f = rel_error(out, moe_ref(inputs.a, inputs.w1f, inputs.w2f, inputs.tw, inputs.ids))
     note = ""
     if err > 1e-2 and mode in DYNAMIC_TENSOR_MODES:
-        err_at = {steps: rel_error(out, inputs.reference_at(steps)) for steps in (-1, 1)}
-        steps = min(err_at, key=err_at.get)
+        moved, steps = neighbouring_amax_error(out, inputs.reference_at, f"{label} ({err:.4g} at its own amax)")
         note = f" (vs the reference at its own amax {err:.3g}; the amax {steps:+d} bf16 value)"
-        print(f"{label}: {err:.4g} vs the reference, {err_at[steps]:.4g} with its intermediate amax {steps:+d} "
-              f"bf16 value")
-        err = err_at[steps]
+        err = moved
     if os.environ.get("MOEJIT_ERR_LOG"):
         with open(os.environ["MOEJIT_ERR_LOG"], "a") as f:
             f.write(f"{label}: vs exact-quantization reference {err:.3g}{note}, vs moe_ref {err_f:.3g}\n")

@@ -82,7 +82,7 @@ def _fused_moe_quantized(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_sca
     topk_weights = topk_weights.contiguous()
     gluon_moe = _gluon()
     forced = gluon_moe.gluon_mode() if gluon_moe is not None else "0"
-    if forced.startswith("force") and all(gluon_moe.eligible(a.device, q_dtype, r, a_mode, w_mode) for r in (k, n)):
+    if forced.startswith("force") and gluon_moe.layer_eligible(a.device, q_dtype, k, n, a_mode, w_mode):
         config, config2 = gluon_moe.forced_configs(config, config2, 64 if forced == "force64" else 128)
 
     def gemm(x, w, c, x_s, w_s, routed, top_k, cfg, silu_mul=False):

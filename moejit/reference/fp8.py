@@ -82,13 +82,6 @@ def moe_fp8_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_we
     kernel sees them; ``inter_amax_steps`` moves that amax by so many bf16/fp16 values
     (:func:`moejit.reference.core.stepped_amax_scale`). Returns float32 ``[M, K]``."""
     group = block_shape[1] if block_shape is not None else None
-    if inter_amax_steps and a2_scale is None and group is None and not per_act_token:
-        def qdq_inter(x):
-            s = stepped_amax_scale(x, inter_amax_steps, a.dtype, FP8_MAX, MIN_SCALE)
-            return fp8_dequant_ref(*fp8_quant_ref(x, scale=s))
-    else:
-        def qdq_inter(x):
-            return qdq(x, a2_scale)
 
     def qdq(x, static_scale):
         if static_scale is not None and group is None:
@@ -96,6 +89,11 @@ def moe_fp8_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, topk_we
             return fp8_dequant_ref(q, s)
         q, s = fp8_quant_ref(x, per_token=per_act_token, group_size=group)
         return fp8_dequant_ref(q, s, group)
+
+    def qdq_inter(x):
+        if inter_amax_steps and a2_scale is None and group is None and not per_act_token:  # dynamic per tensor
+            return qdq(x, stepped_amax_scale(x, inter_amax_steps, a.dtype, FP8_MAX, MIN_SCALE))
+        return qdq(x, a2_scale)
 
     return moe_qdq_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale,
                        lambda x: qdq(x, a1_scale), qdq_inter, block_shape)

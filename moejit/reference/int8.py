@@ -266,19 +266,17 @@ def moe_int8_w8a8_ref(a: torch.Tensor, w1_q: torch.Tensor, w2_q: torch.Tensor, t
     ``inter_amax_steps`` as in :func:`moejit.reference.moe_fp8_ref`), GEMM2, weighted sum over the live slots.
     Works on CPU or GPU. Returns float32 ``[M, K]``."""
     group = block_shape[1] if block_shape is not None else None
-    if inter_amax_steps and a2_scale is None and group is None and not per_act_token:
-        def qdq_inter(x):
-            s = stepped_amax_scale(x, inter_amax_steps, a.dtype, INT8_MAX, MIN_SCALE)
-            return _dequant_act(*int8_quant_w8a8_ref(x, scale=s), None)
-    else:
-        def qdq_inter(x):
-            return qdq(x, a2_scale)
 
     def qdq(x, static_scale):
         if static_scale is not None and group is None:
             return _dequant_act(*int8_quant_w8a8_ref(x, scale=static_scale), None)
         q, s = int8_quant_w8a8_ref(x, per_token=per_act_token, group_size=group)
         return _dequant_act(q, s, group)
+
+    def qdq_inter(x):
+        if inter_amax_steps and a2_scale is None and group is None and not per_act_token:  # dynamic per tensor
+            return qdq(x, stepped_amax_scale(x, inter_amax_steps, a.dtype, INT8_MAX, MIN_SCALE))
+        return qdq(x, a2_scale)
 
     return moe_qdq_ref(a, w1_q, w2_q, topk_weights, topk_ids, w1_scale, w2_scale,
                        lambda x: qdq(x, a1_scale), qdq_inter, block_shape)

@@ -95,6 +95,25 @@ def _fold_group(acc_f, acc, f_ptrs, g, slot_mask):
 
 
 @triton.jit
+def _epilogue(acc, acc_u, rows, slots, slot_mask, a_scale_ptr, w_scale_ptr, topk_weights_ptr, expert, offs_wn, N,
+              stride_asm, stride_wse, stride_wsn, A_MODE: tl.constexpr, W_MODE: tl.constexpr,
+              SILU_MUL: tl.constexpr, MUL_ROUTED_WEIGHT: tl.constexpr):
+    """A tile's float32 output from its accumulators: the scales (:func:`_scale_out`; ``offs_wn``: the weight rows
+    of its gate columns, the up rows ``N`` further), ``silu(gate) · up`` with SILU_MUL, × the router weight of each
+    slot. Also the Gluon kernel's (:mod:`moejit.triton.gluon_moe`), so the two give the same bits."""
+    out = _scale_out(acc, rows, slot_mask, a_scale_ptr, w_scale_ptr, expert, offs_wn, stride_asm, stride_wse,
+                     stride_wsn, A_MODE, W_MODE)
+    if SILU_MUL:
+        up = _scale_out(acc_u, rows, slot_mask, a_scale_ptr, w_scale_ptr, expert, offs_wn + N, stride_asm,
+                        stride_wse, stride_wsn, A_MODE, W_MODE)
+        out = out / (1.0 + tl.exp(-out)) * up
+    if MUL_ROUTED_WEIGHT:
+        rw = tl.load(topk_weights_ptr + slots, mask=slot_mask, other=0.0).to(tl.float32)
+        out = out * rw[:, None]
+    return out
+
+
+@triton.jit
 def fused_moe_kernel(
     a_ptr, w_ptr, c_ptr, a_scale_ptr, w_scale_ptr, topk_weights_ptr,
     sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr, a_f_ptr,
@@ -201,15 +220,8 @@ def fused_moe_kernel(
             if SILU_MUL:
                 acc_u = _fold_group(tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32), acc_u, f_ptrs, 0,
                                     slot_mask)
-    out = _scale_out(acc, rows, slot_mask, a_scale_ptr, w_scale_ptr, expert, offs_wn, stride_asm, stride_wse,
-                     stride_wsn, A_MODE, W_MODE)
-    if SILU_MUL:
-        up = _scale_out(acc_u, rows, slot_mask, a_scale_ptr, w_scale_ptr, expert, offs_wu, stride_asm, stride_wse,
-                        stride_wsn, A_MODE, W_MODE)
-        out = out / (1.0 + tl.exp(-out)) * up
-    if MUL_ROUTED_WEIGHT:
-        rw = tl.load(topk_weights_ptr + slots, mask=slot_mask, other=0.0).to(tl.float32)
-        out = out * rw[:, None]
+    out = _epilogue(acc, acc_u, rows, slots, slot_mask, a_scale_ptr, w_scale_ptr, topk_weights_ptr, expert, offs_wn,
+                    N, stride_asm, stride_wse, stride_wsn, A_MODE, W_MODE, SILU_MUL, MUL_ROUTED_WEIGHT)
     c_ptrs = c_ptr + slots[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=slot_mask[:, None] & (offs_n[None, :] < N))
 

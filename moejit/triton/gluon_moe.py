@@ -44,7 +44,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from moejit.errors import MoejitInputError
 from moejit.triton.align import Alignment
-from moejit.triton.fused_moe import A_ROW, A_TENSOR, W_CHANNEL, W_TENSOR, _scale_out
+from moejit.triton.fused_moe import A_ROW, A_TENSOR, W_CHANNEL, W_TENSOR, _epilogue
 
 BLOCK_K = 128  # one K step = one promotion
 STEP_K = gl.constexpr(BLOCK_K)  # the same, inside kernels
@@ -200,15 +200,8 @@ def _consumer(a_bufs, b_bufs, ready_a, ready_b, empty, c_ptr, a_scale_ptr, w_sca
         expert = gl.load(expert_ids_ptr + pid_m).to(gl.int64)
         offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_l)
         cols = offs_n % N  # wrapped: the columns past N are never stored
-        # the scales as the tl.dot kernel applies them (its own function: the same bits)
-        out = _scale_out(acc, rows, live, a_scale_ptr, w_scale_ptr, expert, cols, stride_asm, stride_wse,
-                         stride_wsn, A_MODE, W_MODE)
-        if SILU_MUL:
-            up = _scale_out(acc_u, rows, live, a_scale_ptr, w_scale_ptr, expert, cols + N, stride_asm, stride_wse,
-                            stride_wsn, A_MODE, W_MODE)
-            out = out / (1.0 + gl.exp(-out)) * up
-        if MUL_ROUTED_WEIGHT:
-            out = out * gl.load(topk_weights_ptr + slots, mask=live, other=0.0).to(gl.float32)[:, None]
+        out = _epilogue(acc, acc_u, rows, slots, live, a_scale_ptr, w_scale_ptr, topk_weights_ptr, expert, cols, N,
+                        stride_asm, stride_wse, stride_wsn, A_MODE, W_MODE, SILU_MUL, MUL_ROUTED_WEIGHT)
         # the store goes through shared memory into 16-byte runs along each output row (from the accumulator
         # layout a warp writes 4-byte pieces of 8 rows: 11% of DeepSeek-V3's GEMM2, 25% of a K=1024 GEMM on an H200)
         TPR: gl.constexpr = BLOCK_N // 8 if BLOCK_N // 8 < 32 else 32  # threads along a row
@@ -284,6 +277,12 @@ def eligible(device: torch.device, dtype: torch.dtype, k: int, a_mode: int, w_mo
     scales."""
     return (_hopper(device) and dtype == torch.float8_e4m3fn
             and k % (2 * BLOCK_K) == 0 and a_mode in (A_TENSOR, A_ROW) and w_mode in (W_TENSOR, W_CHANNEL))
+
+
+def layer_eligible(device: torch.device, dtype: torch.dtype, k: int, n: int, a_mode: int, w_mode: int) -> bool:
+    """Whether this kernel can run both GEMMs of a layer: :func:`eligible` for GEMM1's reduction over the hidden
+    size ``k`` and GEMM2's over the intermediate size ``n``."""
+    return all(eligible(device, dtype, r, a_mode, w_mode) for r in (k, n))
 
 
 def tile_fits(block_m: int, block_n: int, silu_mul: bool) -> bool:

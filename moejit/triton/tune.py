@@ -154,7 +154,7 @@ def gluon_candidates(best: dict, m: int, e: int, topk: int) -> list[dict]:
 
 def gluon_applies(q_dtype, mode_args: "ModeArgs", k: int, n: int) -> bool:
     """Whether round 4 runs: this GPU and Triton run the Gluon kernel, and it takes both GEMMs of this shape
-    (:func:`moejit.triton.gluon_moe.eligible`: reductions over K and N)."""
+    (:func:`moejit.triton.gluon_moe.layer_eligible`)."""
     import torch
 
     from moejit.moe.triton_fp8 import _gluon
@@ -166,7 +166,7 @@ def gluon_applies(q_dtype, mode_args: "ModeArgs", k: int, n: int) -> bool:
     a_mode = A_ROW if mode_args.per_token else A_TENSOR
     w_mode = W_CHANNEL if mode_args.per_ch else W_TENSOR
     dev = torch.device("cuda", torch.cuda.current_device())
-    return all(gluon_moe.eligible(dev, q_dtype, r, a_mode, w_mode) for r in (k, n))
+    return gluon_moe.layer_eligible(dev, q_dtype, k, n, a_mode, w_mode)
 
 
 class ModeArgs(NamedTuple):
